@@ -1,0 +1,15 @@
+//! multiwan: several internet uplinks on one Linux router.
+//!
+//! The crate is laid out the way the data flows:
+//! - [`config`]: the TOML file, parsed and validated into [`config::Config`];
+//! - [`plan`]: the pure planner, (config, link states, interface facts) → [`plan::Desired`];
+//! - [`render`]: the desired state as `ip` / `nft` text (`multiwan plan`);
+//! - [`kernel`]: reads what is installed and applies a desired state over netlink and
+//!   one nft JSON batch;
+//! - [`cli`]: the `multiwan` command.
+
+pub mod cli;
+pub mod config;
+pub mod kernel;
+pub mod plan;
+pub mod render;

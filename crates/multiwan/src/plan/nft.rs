@@ -1,0 +1,197 @@
+//! The nftables part of the desired state, as a small closed vocabulary of objects
+//! and statements. The planner lowers policies and links into it; `render::nft_text`
+//! prints it as `nft -f` input and `kernel::nft` sends it as one JSON batch. Keeping
+//! the vocabulary closed is what lets the two renderers stay equivalent (a test loads
+//! both and compares what the kernel lists).
+
+use ipnet::{Ipv4Net, Ipv6Net};
+
+/// `table inet <name>` and everything in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftTable {
+    pub name: String,
+    /// Named counters (one per link: new connections).
+    pub counters: Vec<String>,
+    /// Named sets of prefixes.
+    pub sets: Vec<NftSet>,
+    /// Chains in dependency order: a chain is listed after every chain it jumps to,
+    /// so a batch can create them in this order.
+    pub chains: Vec<NftChain>,
+    /// A digest of everything above, stored in the table (a rule comment in chain
+    /// `plan`) so that an apply can tell the installed table is already right without
+    /// touching it.
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftSet {
+    pub name: String,
+    pub elements: SetElements,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetElements {
+    /// `type ipv4_addr; flags interval`
+    Ipv4(Vec<Ipv4Net>),
+    /// `type ipv6_addr; flags interval`
+    Ipv6(Vec<Ipv6Net>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftChain {
+    pub name: String,
+    /// `None`: a regular chain reached by jump / goto.
+    pub hook: Option<BaseChain>,
+    pub rules: Vec<NftRule>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BaseChain {
+    pub kind: ChainKind,
+    pub hook: Hook,
+    /// Numeric priority (mangle = -150, srcnat = 100).
+    pub priority: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainKind {
+    Filter,
+    Nat,
+    Route,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Prerouting,
+    Input,
+    Forward,
+    Output,
+    Postrouting,
+}
+
+pub const PRIORITY_MANGLE: i32 = -150;
+pub const PRIORITY_SRCNAT: i32 = 100;
+
+/// A rule: matches, then statements; all must hold in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftRule {
+    pub matches: Vec<Match>,
+    pub actions: Vec<Action>,
+    pub comment: Option<String>,
+}
+
+impl NftRule {
+    pub fn new(matches: Vec<Match>, actions: Vec<Action>) -> Self {
+        NftRule {
+            matches,
+            actions,
+            comment: None,
+        }
+    }
+
+    pub fn with_comment(mut self, comment: impl Into<String>) -> Self {
+        self.comment = Some(comment.into());
+        self
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cmp {
+    Eq,
+    Ne,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Match {
+    /// `ct mark & mask ==/!= value`
+    CtMark { mask: u32, cmp: Cmp, value: u32 },
+    /// `iif "lo"` (by index: loopback always exists)
+    IifLoopback,
+    /// `iifname { ... }` / `iifname != { ... }`
+    Iifname { cmp: Cmp, names: Vec<String> },
+    /// `oifname "x"`
+    Oifname(String),
+    /// `meta nfproto ipv4|ipv6`
+    Nfproto(IpVersion),
+    /// `ip daddr @set` / `ip6 daddr @set`
+    DaddrInSet { version: IpVersion, set: String },
+    /// `fib daddr type local`
+    FibDaddrLocal,
+    /// `ip saddr { prefixes }` / `ip6 saddr { ... }`
+    Saddr { version: IpVersion, nets: Vec<String> },
+    /// `ip daddr { prefixes }` / `ip6 daddr { ... }`
+    Daddr { version: IpVersion, nets: Vec<String> },
+    /// `meta l4proto N`
+    L4Proto(u8),
+    /// `th dport { ports and ranges }` (tcp/udp/sctp/dccp)
+    ThDport(Vec<(u16, u16)>),
+    /// `tcp flags syn / syn,rst`: a TCP connection's opening segment.
+    TcpSyn,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpVersion {
+    V4,
+    V6,
+}
+
+/// Which mark a `SetMark` statement writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkKind {
+    Meta,
+    Ct,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// `<kind> mark set <kind> mark & keep | value`: changes only the owned bits
+    /// (`keep` is the complement of `mark_mask`; `value` lies inside the mask).
+    SetMark { kind: MarkKind, keep: u32, value: u32 },
+    /// `counter name "x"`
+    Counter(String),
+    /// `counter` (anonymous)
+    AnonCounter,
+    /// `masquerade`
+    Masquerade,
+    /// `tcp option maxseg size set rt mtu`
+    ClampMssToPmtu,
+    /// `log prefix "..."` (group `None`: kernel log) or `log group N prefix "..."`
+    Log { group: Option<u16>, prefix: String },
+    /// A verdict map on the owned ct mark bits: `ct mark & mask vmap { value : verdict }`.
+    CtMarkVmap { mask: u32, entries: Vec<(u32, Verdict)> },
+    /// `iifname vmap { "x" : verdict }`
+    IifnameVmap(Vec<(String, Verdict)>),
+    /// `oifname vmap { "x" : verdict }`
+    OifnameVmap(Vec<(String, Verdict)>),
+    /// `numgen random mod modulus vmap { first-last : verdict }`: weighted choice.
+    NumgenVmap {
+        modulus: u32,
+        entries: Vec<((u32, u32), Verdict)>,
+    },
+    /// `jhash <key> mod modulus seed S vmap { first-last : verdict }`: sticky choice.
+    JhashVmap {
+        key: HashKey,
+        modulus: u32,
+        seed: u32,
+        entries: Vec<((u32, u32), Verdict)>,
+    },
+    Verdict(Verdict),
+}
+
+/// What a sticky hash is computed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashKey {
+    Saddr(IpVersion),
+    SaddrDaddr(IpVersion),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    Drop,
+    Return,
+    Jump(String),
+    Goto(String),
+    /// `reject with icmpx type host-unreachable` (both families).
+    RejectHostUnreachable,
+}

@@ -1,0 +1,1 @@
+//! Text renderings of a desired state (`multiwan plan`).
