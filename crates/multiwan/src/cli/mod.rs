@@ -1,5 +1,138 @@
-//! The `multiwan` command line.
+//! The `multiwan` command line (SPEC §4).
+//!
+//! Exit codes: 0 success; 1 runtime failure; 2 bad config or usage; 3 daemon not
+//! reachable. Errors are one or two lines on stderr, never a backtrace.
 
+mod apply;
+mod check;
+mod demo;
+mod plan;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+// TODO(config API): use crate::config::ConfigErrors;
+type ConfigErrors = String;
+
+/// Where the config lives unless `-c` says otherwise.
+pub const DEFAULT_CONFIG: &str = "/etc/multiwan/multiwan.toml";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "multiwan",
+    version,
+    about = "Use several internet uplinks at once: policy routing, connection pinning, weighted sharing and fast failover",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfigArg {
+    /// Configuration file.
+    #[arg(short = 'c', long = "config", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate the configuration; exit 0, or 2 with the errors.
+    Check(ConfigArg),
+    /// Print the rules, routes and nft ruleset that would be installed; changes nothing.
+    Plan {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Plan as if this link were down (repeatable).
+        #[arg(long = "down", value_name = "LINK")]
+        down: Vec<String>,
+    },
+    /// Install once, every enabled link in service, and exit.
+    Apply(ConfigArg),
+    /// Remove every kernel object multiwan owns.
+    Flush(ConfigArg),
+    /// A sandbox of network namespaces with three uplinks, narrated.
+    Demo,
+}
+
+/// How a command failed, which decides the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// Exit 2: the config file is wrong.
+    #[error("{0}")]
+    Config(ConfigErrors),
+    /// Exit 2: the command line is wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// Exit 1: something failed at run time.
+    #[error("{0:#}")]
+    Runtime(#[from] anyhow::Error),
+}
+
+impl Failure {
+    fn exit_code(&self) -> i32 {
+        match self {
+            Failure::Config(_) | Failure::Usage(_) => 2,
+            Failure::Runtime(_) => 1,
+        }
+    }
+}
+
+impl From<ConfigErrors> for Failure {
+    fn from(e: ConfigErrors) -> Self {
+        Failure::Config(e)
+    }
+}
+
+pub type CliResult = Result<i32, Failure>;
+
+/// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
-    0
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let name = command_name(&cli.command);
+    let result = match cli.command {
+        Command::Check(c) => check::run(&c.config),
+        Command::Plan { config, down } => plan::run(&config.config, &down),
+        Command::Apply(c) => apply::apply(&c.config),
+        Command::Flush(c) => apply::flush(&c.config),
+        Command::Demo => demo::run(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            match &e {
+                Failure::Config(errors) => eprintln!("{errors}"),
+                other => eprintln!("multiwan {name}: {other}"),
+            }
+            e.exit_code()
+        }
+    }
+}
+
+fn command_name(c: &Command) -> &'static str {
+    match c {
+        Command::Check(_) => "check",
+        Command::Plan { .. } => "plan",
+        Command::Apply(_) => "apply",
+        Command::Flush(_) => "flush",
+        Command::Demo => "demo",
+    }
+}
+
+/// A current-thread tokio runtime for the one-shot commands.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }

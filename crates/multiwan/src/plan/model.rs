@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
+use super::input::LinkState;
 use super::nft::NftTable;
 
 /// Address family of a rule or route.
@@ -135,6 +136,9 @@ pub struct LinkSummary {
     pub id: u8,
     pub mark: u32,
     pub table: u32,
+    /// The state the planner used: the one it was given, or `waiting` / `down` when the
+    /// facts say the link cannot carry traffic.
+    pub state: LinkState,
     /// Carries new connections of the `default` policy now.
     pub in_service: bool,
     /// Share of the `default` policy's new connections, percent.

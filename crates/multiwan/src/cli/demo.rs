@@ -1,0 +1,6 @@
+//! `multiwan demo`.
+use super::CliResult;
+
+pub fn run() -> CliResult {
+    Ok(0)
+}

@@ -1,0 +1,361 @@
+//! Lowers links and policies into the nft vocabulary of [`super::nft`].
+//!
+//! The table, for a packet in `prerouting`:
+//! 1. a connection that already has a link (its ct mark under `mark_mask`) gets that
+//!    mark back on the packet (`restore_<link>`), and nothing else happens;
+//! 2. a new connection arriving on a link is that link's (answers go back the same way);
+//! 3. a new connection from the LAN goes through `classify`: never for destinations the
+//!    main table reaches by a specific route, then rules (first match), then the
+//!    `default` policy, which picks a link by weight (`policy_<name>`);
+//! 4. `mark_<link>` sets the packet mark and the ct mark (owned bits only) and counts.
+//!
+//! Router-local connections are steered by routing (ip rules), not here; `postrouting`
+//! only records their link in the ct mark by the interface they leave through, so that
+//! replies restore it and a flush by mark finds them.
+
+use sha2::{Digest, Sha256};
+
+use super::marks::MarkLayout;
+use super::nft::*;
+use super::{selection, weights, PlanInput, Resolved};
+use crate::config::{Fallback, Policy};
+
+pub(crate) const CHAIN_CLASSIFY: &str = "classify";
+pub(crate) const SET_BYPASS4: &str = "bypass4";
+pub(crate) const SET_BYPASS6: &str = "bypass6";
+
+pub(crate) fn mark_chain(link: &str) -> String {
+    format!("mark_{link}")
+}
+
+pub(crate) fn restore_chain(link: &str) -> String {
+    format!("restore_{link}")
+}
+
+pub(crate) fn policy_chain(policy: &str) -> String {
+    format!("policy_{policy}")
+}
+
+/// Name of a link's new-connection counter.
+pub fn counter_name(link: &str) -> String {
+    format!("new_{link}")
+}
+
+const MARK_MAIN: &str = "mark_main";
+const RESTORE_MAIN: &str = "restore_main";
+
+pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -> NftTable {
+    let config = input.config;
+    let settings = &config.settings;
+    let mut chains = Vec::new();
+
+    // Per link: restore and mark chains (reached by jump/goto, so listed first).
+    for r in links {
+        let name = &r.link.name;
+        chains.push(NftChain {
+            name: restore_chain(name),
+            hook: None,
+            rules: vec![set_mark(MarkKind::Meta, marks, r.mark)],
+        });
+        chains.push(NftChain {
+            name: mark_chain(name),
+            hook: None,
+            rules: vec![
+                set_mark(MarkKind::Meta, marks, r.mark),
+                set_mark(MarkKind::Ct, marks, r.mark),
+                NftRule::new(vec![], vec![Action::Counter(counter_name(name))]),
+            ],
+        });
+    }
+    chains.push(NftChain {
+        name: RESTORE_MAIN.into(),
+        hook: None,
+        rules: vec![set_mark(MarkKind::Meta, marks, marks.main())],
+    });
+    chains.push(NftChain {
+        name: MARK_MAIN.into(),
+        hook: None,
+        rules: vec![
+            set_mark(MarkKind::Meta, marks, marks.main()),
+            set_mark(MarkKind::Ct, marks, marks.main()),
+        ],
+    });
+
+    // Policies: the default one (named ones come with rules).
+    let default_policy = config.default_policy();
+    chains.push(policy_chain_for(&default_policy, links));
+
+    // classify: what a new LAN connection gets.
+    let mut classify = vec![
+        NftRule::new(
+            vec![Match::DaddrInSet {
+                version: IpVersion::V4,
+                set: SET_BYPASS4.into(),
+            }],
+            vec![Action::Verdict(Verdict::Return)],
+        )
+        .with_comment("the main table has a specific route"),
+        NftRule::new(
+            vec![Match::DaddrInSet {
+                version: IpVersion::V6,
+                set: SET_BYPASS6.into(),
+            }],
+            vec![Action::Verdict(Verdict::Return)],
+        ),
+        NftRule::new(
+            vec![Match::FibDaddrLocal],
+            vec![Action::Verdict(Verdict::Return)],
+        )
+        .with_comment("to the router itself"),
+    ];
+    classify.push(NftRule::new(
+        vec![],
+        vec![Action::Verdict(Verdict::Goto(policy_chain(
+            &default_policy.name,
+        )))],
+    ));
+    chains.push(NftChain {
+        name: CHAIN_CLASSIFY.into(),
+        hook: None,
+        rules: classify,
+    });
+
+    // prerouting
+    let mut restore: Vec<(u32, Verdict)> = links
+        .iter()
+        .map(|r| (r.mark, Verdict::Jump(restore_chain(&r.link.name))))
+        .collect();
+    restore.push((marks.main(), Verdict::Jump(RESTORE_MAIN.into())));
+    let mut pre = vec![
+        NftRule::new(
+            vec![],
+            vec![Action::CtMarkVmap {
+                mask: marks.mask(),
+                entries: restore,
+            }],
+        )
+        .with_comment("a connection keeps its link"),
+        NftRule::new(
+            vec![Match::CtMark {
+                mask: marks.mask(),
+                cmp: Cmp::Ne,
+                value: 0,
+            }],
+            vec![Action::Verdict(Verdict::Return)],
+        ),
+        NftRule::new(vec![Match::IifLoopback], vec![Action::Verdict(Verdict::Return)]),
+    ];
+    if !links.is_empty() {
+        pre.push(
+            NftRule::new(
+                vec![],
+                vec![Action::IifnameVmap(
+                    links
+                        .iter()
+                        .map(|r| {
+                            (
+                                r.link.interface.clone(),
+                                Verdict::Goto(mark_chain(&r.link.name)),
+                            )
+                        })
+                        .collect(),
+                )],
+            )
+            .with_comment("arrived on a link: answered through it"),
+        );
+    }
+    let to_classify = Action::Verdict(Verdict::Goto(CHAIN_CLASSIFY.into()));
+    pre.push(match &settings.lan {
+        Some(lan) if lan.is_empty() => NftRule::new(vec![], vec![Action::Verdict(Verdict::Return)]),
+        Some(lan) => NftRule::new(
+            vec![Match::Iifname {
+                cmp: Cmp::Eq,
+                names: lan.clone(),
+            }],
+            vec![to_classify],
+        ),
+        None => NftRule::new(vec![], vec![to_classify]),
+    });
+    chains.push(NftChain {
+        name: "prerouting".into(),
+        hook: Some(BaseChain {
+            kind: ChainKind::Filter,
+            hook: Hook::Prerouting,
+            priority: PRIORITY_MANGLE,
+        }),
+        rules: pre,
+    });
+
+    // postrouting: record the link of connections that got none on the way in
+    // (router-local ones), by the interface they leave through.
+    let mut post = Vec::new();
+    if !links.is_empty() {
+        post.push(NftRule::new(
+            vec![Match::CtMark {
+                mask: marks.mask(),
+                cmp: Cmp::Eq,
+                value: 0,
+            }],
+            vec![Action::OifnameVmap(
+                links
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.link.interface.clone(),
+                            Verdict::Goto(mark_chain(&r.link.name)),
+                        )
+                    })
+                    .collect(),
+            )],
+        ));
+    }
+    chains.push(NftChain {
+        name: "postrouting".into(),
+        hook: Some(BaseChain {
+            kind: ChainKind::Filter,
+            hook: Hook::Postrouting,
+            priority: PRIORITY_MANGLE,
+        }),
+        rules: post,
+    });
+
+    // forward: MSS clamping.
+    let clamp: Vec<NftRule> = links
+        .iter()
+        .filter(|r| r.link.mss_clamp)
+        .map(|r| {
+            NftRule::new(
+                vec![Match::Oifname(r.link.interface.clone()), Match::TcpSyn],
+                vec![Action::ClampMssToPmtu],
+            )
+        })
+        .collect();
+    chains.push(NftChain {
+        name: "forward".into(),
+        hook: Some(BaseChain {
+            kind: ChainKind::Filter,
+            hook: Hook::Forward,
+            priority: PRIORITY_MANGLE,
+        }),
+        rules: clamp,
+    });
+
+    // nat: masquerade per link and family.
+    let mut nat = Vec::new();
+    for r in links {
+        let ifname = &r.link.interface;
+        if r.link.masquerade {
+            nat.push(NftRule::new(
+                vec![
+                    Match::Oifname(ifname.clone()),
+                    Match::Nfproto(IpVersion::V4),
+                ],
+                vec![Action::Masquerade],
+            ));
+        }
+        if r.link.masquerade6 {
+            nat.push(NftRule::new(
+                vec![
+                    Match::Oifname(ifname.clone()),
+                    Match::Nfproto(IpVersion::V6),
+                ],
+                vec![Action::Masquerade],
+            ));
+        }
+    }
+    chains.push(NftChain {
+        name: "nat_postrouting".into(),
+        hook: Some(BaseChain {
+            kind: ChainKind::Nat,
+            hook: Hook::Postrouting,
+            priority: PRIORITY_SRCNAT,
+        }),
+        rules: nat,
+    });
+
+    let mut bypass4: Vec<ipnet::Ipv4Net> = Vec::new();
+    let mut bypass6: Vec<ipnet::Ipv6Net> = Vec::new();
+    for net in &input.facts.main_prefixes {
+        match net.trunc() {
+            ipnet::IpNet::V4(n) => bypass4.push(n),
+            ipnet::IpNet::V6(n) => bypass6.push(n),
+        }
+    }
+    // Overlapping intervals are refused by nft: keep the widest.
+    bypass4 = ipnet::Ipv4Net::aggregate(&bypass4);
+    bypass6 = ipnet::Ipv6Net::aggregate(&bypass6);
+
+    let mut table = NftTable {
+        name: settings.nft_table.clone(),
+        counters: links.iter().map(|r| counter_name(&r.link.name)).collect(),
+        sets: vec![
+            NftSet {
+                name: SET_BYPASS4.into(),
+                elements: SetElements::Ipv4(bypass4),
+            },
+            NftSet {
+                name: SET_BYPASS6.into(),
+                elements: SetElements::Ipv6(bypass6),
+            },
+        ],
+        chains,
+        digest: String::new(),
+    };
+    table.digest = digest(&table);
+    table
+}
+
+fn set_mark(kind: MarkKind, marks: &MarkLayout, value: u32) -> NftRule {
+    NftRule::new(
+        vec![],
+        vec![Action::SetMark {
+            kind,
+            keep: marks.keep(),
+            value,
+        }],
+    )
+}
+
+/// `policy_<name>`: the links it selects by weight, or its fallback.
+fn policy_chain_for(policy: &Policy, links: &[Resolved]) -> NftChain {
+    let action = match selection(policy, links) {
+        Ok(chosen) if chosen.len() == 1 => {
+            Action::Verdict(Verdict::Goto(mark_chain(&chosen[0].0.link.name)))
+        }
+        Ok(chosen) => {
+            let entries: Vec<(String, u32)> = chosen
+                .iter()
+                .map(|(r, w)| (mark_chain(&r.link.name), *w))
+                .collect();
+            let (modulus, ranges) = weights::split(&entries);
+            Action::NumgenVmap {
+                modulus,
+                entries: ranges
+                    .into_iter()
+                    .map(|(chain, range)| (range, Verdict::Goto(chain)))
+                    .collect(),
+            }
+        }
+        Err(Fallback::Main) => Action::Verdict(Verdict::Goto(MARK_MAIN.into())),
+        Err(Fallback::Blackhole) => Action::Verdict(Verdict::Drop),
+        Err(Fallback::Unreachable) | Err(Fallback::All) => {
+            Action::Verdict(Verdict::RejectHostUnreachable)
+        }
+    };
+    NftChain {
+        name: policy_chain(&policy.name),
+        hook: None,
+        rules: vec![NftRule::new(vec![], vec![action])],
+    }
+}
+
+/// A short digest of the table's content, stored with it so an apply can see that what
+/// is installed is already what it wants.
+fn digest(table: &NftTable) -> String {
+    let text = format!(
+        "{}|{:?}|{:?}|{:?}",
+        table.name, table.counters, table.sets, table.chains
+    );
+    let hash = Sha256::digest(text.as_bytes());
+    hash.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,171 @@
+//! Golden tests of the planner: each `tests/golden/<name>.toml` is planned against the
+//! same observed facts (the lab's router: wan1..wan3 with addresses and DHCP-style
+//! gateways, lan0), and the rendered plan must equal `tests/golden/<name>.plan`.
+//!
+//! After an intended change of output: `UPDATE_GOLDEN=1 cargo test --test plan_golden`,
+//! then read the diff of the .plan files before committing it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use multiwan::config;
+use multiwan::plan::{self, Facts, InterfaceFacts, LinkState, LinkStates, PlanInput};
+use multiwan::render;
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+/// The router of the namespace lab, as `read_facts` sees it.
+fn lab_facts() -> Facts {
+    let mut interfaces = BTreeMap::new();
+    for k in 1..=3u8 {
+        interfaces.insert(
+            format!("wan{k}"),
+            InterfaceFacts {
+                ifindex: 10 + u32::from(k),
+                admin_up: true,
+                carrier: true,
+                addresses: vec![format!("100.64.{k}.2/24").parse().unwrap()],
+                default_gateway4: Some(format!("100.64.{k}.1").parse().unwrap()),
+                default_gateway6: None,
+            },
+        );
+    }
+    interfaces.insert(
+        "lan0".into(),
+        InterfaceFacts {
+            ifindex: 2,
+            admin_up: true,
+            carrier: true,
+            addresses: vec!["192.0.2.1/24".parse().unwrap()],
+            default_gateway4: None,
+            default_gateway6: None,
+        },
+    );
+    Facts {
+        interfaces,
+        main_prefixes: vec![
+            "100.64.1.0/24".parse().unwrap(),
+            "100.64.2.0/24".parse().unwrap(),
+            "100.64.3.0/24".parse().unwrap(),
+            "192.0.2.0/24".parse().unwrap(),
+        ],
+    }
+}
+
+fn plan_file(toml: &Path, states: &LinkStates) -> String {
+    let text = std::fs::read_to_string(toml).unwrap();
+    // A fixed path keeps the golden output independent of where the checkout is.
+    let name = Path::new(toml.file_name().unwrap());
+    let config = config::parse(&text, name).unwrap_or_else(|e| panic!("{}:\n{e}", toml.display()));
+    let facts = lab_facts();
+    let desired = plan::plan(&PlanInput {
+        config: &config,
+        states,
+        facts: &facts,
+        seed: 0x5eed,
+    });
+    render::plan_script(&config, &desired)
+}
+
+fn check_golden(name: &str, states: &LinkStates) {
+    let toml = golden_dir().join(format!("{name}.toml"));
+    let suffix = if states.is_empty() {
+        String::new()
+    } else {
+        let down: Vec<&str> = states.keys().map(String::as_str).collect();
+        format!(".down-{}", down.join("-"))
+    };
+    let golden = golden_dir().join(format!("{name}{suffix}.plan"));
+    let got = plan_file(&toml, states);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, &got).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&golden).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing: run with UPDATE_GOLDEN=1 and review it",
+            golden.display()
+        )
+    });
+    if got != want {
+        panic!(
+            "plan of {name} differs from {}:\n--- want\n{want}\n--- got\n{got}",
+            golden.display()
+        );
+    }
+}
+
+#[test]
+fn golden_one_link() {
+    check_golden("one_link", &LinkStates::new());
+}
+
+#[test]
+fn golden_three_links_in_tiers() {
+    check_golden("tiers", &LinkStates::new());
+}
+
+#[test]
+fn golden_tiers_with_the_first_tier_down() {
+    let states: LinkStates = [
+        ("fiber".to_string(), LinkState::Down),
+        ("cable".to_string(), LinkState::Degraded),
+    ]
+    .into_iter()
+    .collect();
+    check_golden("tiers", &states);
+}
+
+#[test]
+fn golden_point_to_point() {
+    check_golden("point_to_point", &LinkStates::new());
+}
+
+#[test]
+fn golden_ids_out_of_order() {
+    check_golden("ids_out_of_order", &LinkStates::new());
+}
+
+#[test]
+fn golden_rules() {
+    check_golden("rules", &LinkStates::new());
+}
+
+/// Every golden config's nft ruleset is accepted by the kernel's nftables (`nft -c`
+/// checks it without installing anything; it runs in a namespace of its own anyway).
+#[test]
+fn golden_nft_text_loads() {
+    let ns = netns_lab::Netns::new(netns_lab::unique_name("mwg", "nft-loads")).unwrap();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(golden_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let script = plan_file(&path, &LinkStates::new());
+        let nft = render::nft_section(&script).expect("plan has an nft section");
+        let file = std::env::temp_dir().join(format!(
+            "mw-golden-{}-{}.nft",
+            std::process::id(),
+            path.file_stem().unwrap().to_string_lossy()
+        ));
+        std::fs::write(&file, nft).unwrap();
+        let out = ns
+            .command("nft")
+            .args(["-c", "-f"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&file);
+        assert!(
+            out.status.success(),
+            "nft -c rejects the plan of {}:\n{}\n{nft}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} golden configs found");
+}

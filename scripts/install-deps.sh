@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what building, testing and running multiwan needs on Debian, as root.
+set -euo pipefail
+if [ "$(id -u)" != 0 ]; then
+    echo "run as root: multiwan's tests and demo build network namespaces" >&2
+    exit 1
+fi
+pkgs=(nftables iproute2 conntrack iperf3 procps kmod iputils-ping python3 ca-certificates build-essential pkg-config)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+    # Debian's cargo may be older than the rust-version in Cargo.toml; rustup's is best.
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq cargo >/dev/null
+fi
