@@ -9,6 +9,8 @@ pub mod marks;
 pub mod model;
 pub mod nft;
 mod nft_lower;
+pub mod rules;
+pub mod sticky;
 pub mod weights;
 
 use std::net::IpAddr;
@@ -225,7 +227,7 @@ pub fn plan(input: &PlanInput) -> Desired {
 
     // Rules: they depend on config and addresses only, never on link states, so a
     // failover never touches them.
-    let mut rules = Vec::new();
+    let mut ip_rules = Vec::new();
     for &family in families {
         let rule = |priority: u32, selector: RuleSelector, table: u32| IpRule {
             family,
@@ -233,7 +235,7 @@ pub fn plan(input: &PlanInput) -> Desired {
             selector,
             table,
         };
-        rules.push(rule(
+        ip_rules.push(rule(
             priority::SUPPRESS_MAIN,
             RuleSelector {
                 suppress_prefixlength: Some(0),
@@ -243,7 +245,7 @@ pub fn plan(input: &PlanInput) -> Desired {
         ));
         for r in &links {
             for addr in r.addresses.iter().filter(|a| Family::of(&a.addr()) == family) {
-                rules.push(rule(
+                ip_rules.push(rule(
                     priority::FROM_ADDRESS,
                     RuleSelector {
                         from: Some(IpNet::from(addr.addr())),
@@ -253,7 +255,7 @@ pub fn plan(input: &PlanInput) -> Desired {
                 ));
             }
         }
-        rules.push(rule(
+        ip_rules.push(rule(
             priority::MAIN_MARK,
             RuleSelector {
                 fwmark: Some((marks.main(), marks.mask())),
@@ -262,7 +264,7 @@ pub fn plan(input: &PlanInput) -> Desired {
             MAIN_TABLE,
         ));
         for r in &links {
-            rules.push(rule(
+            ip_rules.push(rule(
                 priority::LINK_MARK,
                 RuleSelector {
                     fwmark: Some((r.mark, marks.mask())),
@@ -272,15 +274,16 @@ pub fn plan(input: &PlanInput) -> Desired {
             ));
         }
         if settings.local_traffic {
-            rules.push(rule(
+            ip_rules.extend(rules::local_rules(config, &links, &[family]));
+            ip_rules.push(rule(
                 priority::DEFAULT_POLICY,
                 RuleSelector::default(),
                 base,
             ));
         }
     }
-    rules.sort();
-    rules.dedup();
+    ip_rules.sort();
+    ip_rules.dedup();
 
     // Routes: each link's table holds its way out whatever its state (probes need it),
     // behind an `unreachable default` so marked packets never fall through.
@@ -308,6 +311,7 @@ pub fn plan(input: &PlanInput) -> Desired {
             routes.push(route);
         }
     }
+    routes.extend(steering_routes(config, &ip_rules, families, &links));
     routes.sort();
 
     let mut sysctls = vec![
@@ -332,6 +336,12 @@ pub fn plan(input: &PlanInput) -> Desired {
         table_names.push((base, settings.nft_table.clone()));
         for r in &links {
             table_names.push((r.table, r.link.name.clone()));
+        }
+        for (i, p) in config.policies.iter().enumerate() {
+            let table = base + rules::POLICY_TABLES + i as u32;
+            if routes.iter().any(|r| r.table == table) {
+                table_names.push((table, format!("{}-{}", settings.nft_table, p.name)));
+            }
         }
     }
 
@@ -362,7 +372,7 @@ pub fn plan(input: &PlanInput) -> Desired {
         .collect();
 
     Desired {
-        rules,
+        rules: ip_rules,
         routes,
         nft: nft_lower::lower(input, &links, &marks),
         sysctls,
@@ -371,6 +381,42 @@ pub fn plan(input: &PlanInput) -> Desired {
         owned_priorities: (p0, p0 + 999),
         links: summaries,
     }
+}
+
+/// Routes of the tables that router-local rules use: a named policy's selection, the
+/// `unreachable` and `blackhole` targets. Only tables some rule looks up are filled.
+fn steering_routes(
+    config: &Config,
+    ip_rules: &[IpRule],
+    families: &[Family],
+    links: &[Resolved],
+) -> Vec<Route> {
+    let base = config.settings.table_base;
+    let used = |table: u32| ip_rules.iter().any(|r| r.table == table);
+    let mut out = Vec::new();
+    for &family in families {
+        for (offset, kind) in [
+            (rules::TABLE_UNREACHABLE, RouteKind::Unreachable),
+            (rules::TABLE_BLACKHOLE, RouteKind::Blackhole),
+        ] {
+            if used(base + offset) {
+                out.push(Route {
+                    family,
+                    table: base + offset,
+                    dst: family.default_net(),
+                    metric: 0,
+                    kind,
+                });
+            }
+        }
+        for (i, policy) in config.policies.iter().enumerate() {
+            let table = base + rules::POLICY_TABLES + i as u32;
+            if used(table) {
+                out.extend(default_policy_route(policy, links, family, table));
+            }
+        }
+    }
+    out
 }
 
 fn sysctl(key: &str, value: &str) -> Sysctl {

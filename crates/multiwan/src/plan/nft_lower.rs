@@ -17,8 +17,8 @@ use sha2::{Digest, Sha256};
 
 use super::marks::MarkLayout;
 use super::nft::*;
-use super::{selection, weights, PlanInput, Resolved};
-use crate::config::{Fallback, Policy};
+use super::{rules, selection, sticky, weights, PlanInput, Resolved};
+use crate::config::{Fallback, Policy, Sticky};
 
 pub(crate) const CHAIN_CLASSIFY: &str = "classify";
 pub(crate) const SET_BYPASS4: &str = "bypass4";
@@ -41,7 +41,7 @@ pub fn counter_name(link: &str) -> String {
     format!("new_{link}")
 }
 
-const MARK_MAIN: &str = "mark_main";
+pub(crate) const MARK_MAIN: &str = "mark_main";
 const RESTORE_MAIN: &str = "restore_main";
 
 pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -> NftTable {
@@ -83,7 +83,8 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
 
     // Policies: the default one (named ones come with rules).
     let default_policy = config.default_policy();
-    chains.push(policy_chain_for(&default_policy, links));
+    chains.push(policy_chain_for(&default_policy, links, input.seed));
+    chains.extend(rules::policy_chains(config, links, input.seed));
 
     // classify: what a new LAN connection gets.
     let mut classify = vec![
@@ -108,6 +109,8 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
         )
         .with_comment("to the router itself"),
     ];
+    let log_group = (settings.log_group != 0).then_some(settings.log_group);
+    classify.extend(rules::classify_rules(config, log_group));
     classify.push(NftRule::new(
         vec![],
         vec![Action::Verdict(Verdict::Goto(policy_chain(
@@ -316,36 +319,80 @@ fn set_mark(kind: MarkKind, marks: &MarkLayout, value: u32) -> NftRule {
     )
 }
 
-/// `policy_<name>`: the links it selects by weight, or its fallback.
-fn policy_chain_for(policy: &Policy, links: &[Resolved]) -> NftChain {
-    let action = match selection(policy, links) {
-        Ok(chosen) if chosen.len() == 1 => {
-            Action::Verdict(Verdict::Goto(mark_chain(&chosen[0].0.link.name)))
+/// `policy_<name>`: the links it selects, shared by weight per connection or by a
+/// sticky hash, or its fallback when it has none.
+pub(crate) fn policy_chain_for(policy: &Policy, links: &[Resolved], seed: u32) -> NftChain {
+    let chosen = match selection(policy, links) {
+        Ok(chosen) => chosen,
+        Err(fallback) => {
+            return NftChain {
+                name: policy_chain(&policy.name),
+                hook: None,
+                rules: vec![NftRule::new(vec![], vec![fallback_action(fallback)])],
+            }
         }
-        Ok(chosen) => {
-            let entries: Vec<(String, u32)> = chosen
-                .iter()
-                .map(|(r, w)| (mark_chain(&r.link.name), *w))
-                .collect();
-            let (modulus, ranges) = weights::split(&entries);
-            Action::NumgenVmap {
+    };
+    let rules = if chosen.len() == 1 {
+        vec![NftRule::new(
+            vec![],
+            vec![Action::Verdict(Verdict::Goto(mark_chain(&chosen[0].0.link.name)))],
+        )]
+    } else if policy.sticky == Sticky::Connection {
+        let entries: Vec<(String, u32)> = chosen
+            .iter()
+            .map(|(r, w)| (mark_chain(&r.link.name), *w))
+            .collect();
+        let (modulus, ranges) = weights::split(&entries);
+        vec![NftRule::new(
+            vec![],
+            vec![Action::NumgenVmap {
                 modulus,
                 entries: ranges
                     .into_iter()
                     .map(|(chain, range)| (range, Verdict::Goto(chain)))
                     .collect(),
-            }
-        }
-        Err(Fallback::Main) => Action::Verdict(Verdict::Goto(MARK_MAIN.into())),
-        Err(Fallback::Blackhole) => Action::Verdict(Verdict::Drop),
-        Err(Fallback::Unreachable) | Err(Fallback::All) => {
-            Action::Verdict(Verdict::RejectHostUnreachable)
-        }
+            }],
+        )]
+    } else {
+        let candidates: Vec<(u8, u32)> = chosen.iter().map(|(r, w)| (r.link.id, *w)).collect();
+        let entries: Vec<((u32, u32), Verdict)> =
+            sticky::ranges(&sticky::assign(seed, &candidates))
+                .into_iter()
+                .map(|(range, i)| (range, Verdict::Goto(mark_chain(&chosen[i].0.link.name))))
+                .collect();
+        [IpVersion::V4, IpVersion::V6]
+            .into_iter()
+            .map(|v| {
+                let key = match policy.sticky {
+                    Sticky::Source => HashKey::Saddr(v),
+                    _ => HashKey::SaddrDaddr(v),
+                };
+                NftRule::new(
+                    vec![Match::Nfproto(v)],
+                    vec![Action::JhashVmap {
+                        key,
+                        modulus: sticky::BUCKETS,
+                        seed,
+                        entries: entries.clone(),
+                    }],
+                )
+            })
+            .collect()
     };
     NftChain {
         name: policy_chain(&policy.name),
         hook: None,
-        rules: vec![NftRule::new(vec![], vec![action])],
+        rules,
+    }
+}
+
+/// What a connection gets when its policy has no link to offer.
+fn fallback_action(fallback: Fallback) -> Action {
+    match fallback {
+        Fallback::Main => Action::Verdict(Verdict::Goto(MARK_MAIN.into())),
+        Fallback::Blackhole => Action::Verdict(Verdict::Drop),
+        // `All` ends here only when no link can be installed at all.
+        Fallback::Unreachable | Fallback::All => Action::Verdict(Verdict::RejectHostUnreachable),
     }
 }
 
