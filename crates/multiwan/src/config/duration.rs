@@ -148,7 +148,9 @@ mod tests {
             parse_duration("1d"),
             Err(DurationError::UnknownUnit { .. })
         ));
-        for bad in ["s", "ms5", "1..5s", ".s", " 1s", "1s ", "-1s", "1 s", "1e3s"] {
+        for bad in [
+            "s", "ms5", "1..5s", ".s", " 1s", "1s ", "-1s", "1 s", "1e3s",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
         }
     }
