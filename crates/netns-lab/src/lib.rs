@@ -1,9 +1,25 @@
 //! Network-namespace test topologies for multiwan: the integration tests and
 //! `multiwan demo` build their routers, ISPs and hosts with this crate.
 //!
+//! * [`netns`]: one namespace ([`Netns`]), torn down on drop, and ways to run commands,
+//!   processes and threads inside it.
+//! * [`lab`]: the multi-uplink [`Lab`] (router, ISPs with BCP 38, "the internet", a LAN
+//!   client) with failure injection: blackholes, exact packet loss, carrier loss,
+//!   interface re-creation, gateway moves.
+//! * [`whoami`]: servers that tell a client the address they saw it come from, and
+//!   the clients that ask, including a long-lived echo connection for survival tests.
+//!
 //! Setup shells out to `ip`, `nft` and `sysctl` on purpose: this is lab plumbing,
-//! not the product (which talks netlink).
+//! not the product (which talks netlink). Everything needs root (CAP_NET_ADMIN and
+//! CAP_SYS_ADMIN).
 
+pub mod lab;
 pub mod netns;
+pub mod whoami;
 
+pub use lab::{addr, Lab, LabBuilder};
 pub use netns::{run, unique_name, ChildGuard, Netns};
+pub use whoami::{
+    tcp_whoami, tcp_whoami_with, udp_whoami, udp_whoami_with, ClientOptions, LongLivedConnection,
+    Proto, WhoAmIServer,
+};
