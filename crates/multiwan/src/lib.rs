@@ -10,6 +10,11 @@
 
 pub mod cli;
 pub mod config;
+pub mod health;
 pub mod kernel;
 pub mod plan;
+pub mod preflight;
+pub mod probe;
 pub mod render;
+pub mod state;
+pub mod status;

@@ -12,8 +12,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-// TODO(config API): use crate::config::ConfigErrors;
-type ConfigErrors = String;
+use crate::config::ConfigErrors;
 
 /// Where the config lives unless `-c` says otherwise.
 pub const DEFAULT_CONFIG: &str = "/etc/multiwan/multiwan.toml";
@@ -126,6 +125,20 @@ fn command_name(c: &Command) -> &'static str {
         Command::Flush(_) => "flush",
         Command::Demo => "demo",
     }
+}
+
+/// The machine's facts, or none when netlink cannot be read (e.g. `plan` run as a
+/// user on a workstation): the plan then shows every link as waiting.
+pub(crate) fn read_facts_or_empty() -> crate::plan::Facts {
+    let Ok(rt) = runtime() else {
+        return Default::default();
+    };
+    rt.block_on(async {
+        match crate::kernel::Kernel::new() {
+            Ok(k) => k.read_facts().await.unwrap_or_default(),
+            Err(_) => Default::default(),
+        }
+    })
 }
 
 /// A current-thread tokio runtime for the one-shot commands.

@@ -21,6 +21,7 @@ use crate::config::{Config, Fallback, Gateway, Link, Policy};
 pub use input::*;
 use marks::MarkLayout;
 pub use model::*;
+pub use nft_lower::counter_name as nft_counter_name;
 
 /// Everything the planner looks at.
 #[derive(Debug, Clone, Copy)]
@@ -244,7 +245,11 @@ pub fn plan(input: &PlanInput) -> Desired {
             MAIN_TABLE,
         ));
         for r in &links {
-            for addr in r.addresses.iter().filter(|a| Family::of(&a.addr()) == family) {
+            for addr in r
+                .addresses
+                .iter()
+                .filter(|a| Family::of(&a.addr()) == family)
+            {
                 ip_rules.push(rule(
                     priority::FROM_ADDRESS,
                     RuleSelector {
@@ -323,7 +328,10 @@ pub fn plan(input: &PlanInput) -> Desired {
     }
     for r in links.iter().filter(|r| r.ifindex.is_some()) {
         let ifname = &r.link.interface;
-        sysctls.push(sysctl(&format!("net/ipv4/conf/{ifname}/src_valid_mark"), "1"));
+        sysctls.push(sysctl(
+            &format!("net/ipv4/conf/{ifname}/src_valid_mark"),
+            "1",
+        ));
         if r.link.gateway6 == Gateway::Auto {
             sysctls.push(sysctl(&format!("net/ipv6/conf/{ifname}/accept_ra"), "2"));
         }
@@ -377,7 +385,7 @@ pub fn plan(input: &PlanInput) -> Desired {
         nft: nft_lower::lower(input, &links, &marks),
         sysctls,
         table_names,
-        owned_tables: (base..=base + 511).collect(),
+        owned_tables: owned_tables(base),
         owned_priorities: (p0, p0 + 999),
         links: summaries,
     }
@@ -417,6 +425,16 @@ fn steering_routes(
         }
     }
     out
+}
+
+/// The routing tables multiwan owns: `table_base ..= table_base + 511`, never the
+/// kernel's own `unspec` (0), `default` (253), `main` (254) and `local` (255), even
+/// when the range spans them (config validation rejects a link or policy whose table
+/// would land there).
+pub fn owned_tables(base: u32) -> Vec<u32> {
+    (base..=base.saturating_add(511))
+        .filter(|t| !matches!(t, 0 | 253..=255))
+        .collect()
 }
 
 fn sysctl(key: &str, value: &str) -> Sysctl {

@@ -105,6 +105,8 @@ pub enum Cmp {
 pub enum Match {
     /// `ct mark & mask ==/!= value`
     CtMark { mask: u32, cmp: Cmp, value: u32 },
+    /// `ct state new` / `ct state != new`
+    CtStateNew(Cmp),
     /// `iif "lo"` (by index: loopback always exists)
     IifLoopback,
     /// `iifname { ... }` / `iifname != { ... }`

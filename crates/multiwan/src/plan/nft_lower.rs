@@ -147,6 +147,12 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
             vec![Action::Verdict(Verdict::Return)],
         ),
         NftRule::new(vec![Match::IifLoopback], vec![Action::Verdict(Verdict::Return)]),
+        // Only a connection's first packet is classified: packets of connections that
+        // predate multiwan, and untracked ones, keep being routed as they were.
+        NftRule::new(
+            vec![Match::CtStateNew(Cmp::Ne)],
+            vec![Action::Verdict(Verdict::Return)],
+        ),
     ];
     if !links.is_empty() {
         pre.push(
@@ -194,11 +200,14 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
     let mut post = Vec::new();
     if !links.is_empty() {
         post.push(NftRule::new(
-            vec![Match::CtMark {
-                mask: marks.mask(),
-                cmp: Cmp::Eq,
-                value: 0,
-            }],
+            vec![
+                Match::CtStateNew(Cmp::Eq),
+                Match::CtMark {
+                    mask: marks.mask(),
+                    cmp: Cmp::Eq,
+                    value: 0,
+                },
+            ],
             vec![Action::OifnameVmap(
                 links
                     .iter()

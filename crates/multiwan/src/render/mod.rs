@@ -23,7 +23,11 @@ pub fn plan_script(config: &Config, desired: &Desired) -> String {
         out,
         "# multiwan plan: nft table inet {}, routing tables {}-{}, rule priorities {}-{}",
         s.nft_table,
-        desired.owned_tables.first().copied().unwrap_or(s.table_base),
+        desired
+            .owned_tables
+            .first()
+            .copied()
+            .unwrap_or(s.table_base),
         desired.owned_tables.last().copied().unwrap_or(s.table_base),
         desired.owned_priorities.0,
         desired.owned_priorities.1
@@ -43,7 +47,11 @@ pub fn plan_script(config: &Config, desired: &Desired) -> String {
         out.push('\n');
     }
     for l in config.links.iter().filter(|l| !l.enabled) {
-        let _ = writeln!(out, "# link {} (id {}): disabled in the config", l.name, l.id);
+        let _ = writeln!(
+            out,
+            "# link {} (id {}): disabled in the config",
+            l.name, l.id
+        );
     }
 
     out.push_str("\n# sysctls\n");

@@ -100,6 +100,8 @@ fn match_text(m: &Match) -> String {
         Match::CtMark { mask, cmp: c, value } => {
             format!("ct mark & {mask:#010x} {} {value:#010x}", cmp(*c))
         }
+        Match::CtStateNew(Cmp::Eq) => "ct state new".into(),
+        Match::CtStateNew(Cmp::Ne) => "ct state != new".into(),
         Match::IifLoopback => "iif \"lo\"".into(),
         Match::Iifname { cmp: c, names } => match c {
             Cmp::Eq => format!("iifname {}", quoted_set(names)),

@@ -1,0 +1,131 @@
+//! Shared by the namespace tests: a lab with multiwan's config and binary at hand.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use netns_lab::{Lab, LabBuilder, Netns};
+
+/// The multiwan binary under test.
+pub fn multiwan_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_multiwan")
+}
+
+/// Fails loudly where the tests cannot run: they need root (network namespaces). Under
+/// `CI=true` nothing may be skipped, so this is a hard failure everywhere.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "these tests build network namespaces and must run as root (sudo bash scripts/test.sh)"
+    );
+}
+
+/// A lab plus one multiwan instance (its own nft table, state dir and rt_tables file,
+/// all named after the test), cleaned up on drop.
+pub struct Harness {
+    pub lab: Lab,
+    pub nft_table: String,
+    pub config_path: PathBuf,
+}
+
+impl Harness {
+    pub fn new(tag: &str) -> Harness {
+        Harness::with(Lab::builder(tag))
+    }
+
+    pub fn with(builder: LabBuilder) -> Harness {
+        require_root();
+        let lab = builder.build().expect("building the namespace lab");
+        // Unique per process and test: nft table, state dir and rt_tables.d file.
+        let nft_table = format!("mwt{}", short_id(lab.router().name()));
+        let config_path = std::env::temp_dir().join(format!("{nft_table}.toml"));
+        Harness {
+            lab,
+            nft_table,
+            config_path,
+        }
+    }
+
+    pub fn router(&self) -> &Netns {
+        self.lab.router()
+    }
+
+    /// Writes the config: `[settings] nft_table = …` and what the test adds.
+    /// `settings` is the body of the [settings] table (without the header).
+    pub fn write_config(&self, settings: &str, rest: &str) {
+        let text = format!(
+            "[settings]\nnft_table = \"{}\"\n{settings}\n\n{rest}\n",
+            self.nft_table
+        );
+        std::fs::write(&self.config_path, text).unwrap();
+    }
+
+    /// `multiwan <args> -c <config>` inside the router namespace.
+    pub fn multiwan(&self, args: &[&str]) -> Output {
+        let mut cmd = self.router().command(multiwan_bin());
+        cmd.args(args).arg("-c").arg(&self.config_path);
+        cmd.output().expect("running multiwan")
+    }
+
+    /// Like [`Harness::multiwan`] and asserts success.
+    pub fn multiwan_ok(&self, args: &[&str]) -> Output {
+        let out = self.multiwan(args);
+        assert!(
+            out.status.success(),
+            "multiwan {args:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    pub fn apply(&self) -> String {
+        let out = self.multiwan_ok(&["apply"]);
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Text output of a command inside the router.
+    pub fn router_sh(&self, script: &str) -> String {
+        let out = self.router().sh(script).expect("router command");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        PathBuf::from("/var/lib/multiwan").join(&self.nft_table)
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        // Host-global leftovers of this instance; the namespaces go with the lab.
+        let _ = std::fs::remove_file(&self.config_path);
+        let _ = std::fs::remove_dir_all(self.state_dir());
+        let _ = std::fs::remove_file(format!(
+            "/etc/iproute2/rt_tables.d/{}.conf",
+            self.nft_table
+        ));
+    }
+}
+
+/// A short stable id derived from a namespace name: keeps nft table names short.
+fn short_id(name: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x1000_0000_01b3);
+    }
+    format!("{:012x}", h & 0xffff_ffff_ffff)
+}
+
+/// Runs a command and returns stdout, panicking with stderr on failure.
+pub fn sh(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
