@@ -83,7 +83,13 @@ pub async fn read(
     tables: &[u32],
     names: &BTreeMap<u32, String>,
 ) -> Result<Vec<InstalledRoute>> {
-    let tables: BTreeSet<u32> = tables.iter().copied().collect();
+    // Never the kernel's own tables, whatever the caller asks: reading them as owned
+    // would let an apply or a flush delete the main table's routes.
+    let tables: BTreeSet<u32> = tables
+        .iter()
+        .copied()
+        .filter(|t| !matches!(t, 0 | 253..=255))
+        .collect();
     let mut out = Vec::new();
     for family in [Family::V4, Family::V6] {
         for msg in dump_family(handle, family).await? {
