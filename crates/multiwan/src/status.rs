@@ -58,8 +58,8 @@ impl Status {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<10} {:<10} {:<9} {:>6} {:>8} {:>7} {:>9}  {}",
-            "LINK", "INTERFACE", "STATE", "SHARE", "RTT", "LOSS", "NEW CONN", "SINCE / REASON"
+            "{:<10} {:<10} {:<9} {:>6} {:>8} {:>7} {:>9}  SINCE / REASON",
+            "LINK", "INTERFACE", "STATE", "SHARE", "RTT", "LOSS", "NEW CONN"
         );
         for l in &self.links {
             let rtt = l.rtt_ms.map_or("-".into(), |r| format!("{r:.1}ms"));

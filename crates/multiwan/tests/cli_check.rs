@@ -69,7 +69,10 @@ fn rejections_exit_2_with_file_line_column_and_key() {
             "{name}: expected `{}{want}` in:\n{err}",
             path.display()
         );
-        assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("backtrace"),
+            "{err}"
+        );
     }
 }
 
@@ -80,7 +83,11 @@ fn a_missing_file_exits_2_and_says_so() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("/nonexistent/multiwan.toml"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/multiwan.toml"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -97,8 +104,17 @@ fn bad_usage_exits_2() {
 fn a_foreign_rule_using_mark_bits_is_a_warning() {
     common::require_root();
     let ns = Netns::new(unique_name("mwcheck", "foreign-rule")).unwrap();
-    ns.ip(&["rule", "add", "priority", "500", "fwmark", "0x100/0x300", "lookup", "700"])
-        .unwrap();
+    ns.ip(&[
+        "rule",
+        "add",
+        "priority",
+        "500",
+        "fwmark",
+        "0x100/0x300",
+        "lookup",
+        "700",
+    ])
+    .unwrap();
     let path = write(
         "foreign",
         "[settings]\nmark_mask = 0xff00\n\n[links.a]\nid = 1\ninterface = \"wan1\"\n",

@@ -70,9 +70,15 @@ fn text_and_json_renderings_install_the_same_table() {
                 seed: 0x1234_5678,
             });
             let name = desired.nft.name.clone();
-            let tag = path.file_stem().unwrap().to_string_lossy().replace('_', "-");
-            let as_text = Netns::new(unique_name("mweq", &format!("{tag}-t{}", states.len()))).unwrap();
-            let as_json = Netns::new(unique_name("mweq", &format!("{tag}-j{}", states.len()))).unwrap();
+            let tag = path
+                .file_stem()
+                .unwrap()
+                .to_string_lossy()
+                .replace('_', "-");
+            let as_text =
+                Netns::new(unique_name("mweq", &format!("{tag}-t{}", states.len()))).unwrap();
+            let as_json =
+                Netns::new(unique_name("mweq", &format!("{tag}-j{}", states.len()))).unwrap();
 
             let script = render::plan_script(&cfg, &desired);
             as_text
@@ -90,7 +96,12 @@ fn text_and_json_renderings_install_the_same_table() {
                 .unwrap_or_else(|e| panic!("{}: JSON batch rejected: {e:#}", path.display()));
 
             let (t, j) = (listing(&as_text, &name), listing(&as_json, &name));
-            assert_eq!(t, j, "{} ({states:?}): text and JSON differ", path.display());
+            assert_eq!(
+                t,
+                j,
+                "{} ({states:?}): text and JSON differ",
+                path.display()
+            );
             compared += 1;
         }
     }

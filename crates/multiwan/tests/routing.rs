@@ -51,7 +51,11 @@ fn lan_connections_split_by_weight_and_skip_the_backup_tier() {
     let mut per_isp = [0usize; 4];
     for _ in 0..400 {
         let seen = tcp_whoami(h.lab.lan(), server(1), PORT, None, T).unwrap();
-        assert_eq!(seen, IpAddr::V4(h.lab.wan_addr(isp_of(seen))), "server saw the link's address");
+        assert_eq!(
+            seen,
+            IpAddr::V4(h.lab.wan_addr(isp_of(seen))),
+            "server saw the link's address"
+        );
         per_isp[isp_of(seen)] += 1;
     }
     let share1 = per_isp[1] as f64 / 400.0 * 100.0;
@@ -59,7 +63,10 @@ fn lan_connections_split_by_weight_and_skip_the_backup_tier() {
         (68.0..=82.0).contains(&share1),
         "isp1 carried {share1:.1} % of 400 connections, want 75 ± 7 ({per_isp:?})"
     );
-    assert_eq!(per_isp[3], 0, "the backup tier got connections: {per_isp:?}");
+    assert_eq!(
+        per_isp[3], 0,
+        "the backup tier got connections: {per_isp:?}"
+    );
     assert_eq!(per_isp[1] + per_isp[2], 400);
 }
 
@@ -99,17 +106,18 @@ priority = 3
     h.apply();
 
     // To the router's own address on wan2 (the default is wan1).
-    let _router_srv = netns_lab::WhoAmIServer::tcp(
-        h.router(),
-        (Ipv4Addr::UNSPECIFIED, PORT).into(),
-    )
-    .unwrap();
+    let _router_srv =
+        netns_lab::WhoAmIServer::tcp(h.router(), (Ipv4Addr::UNSPECIFIED, PORT).into()).unwrap();
     let wan2 = IpAddr::V4(h.lab.wan_addr(2));
     // Answered at all proves the path: the reply's source is wan2's address, which
     // only ISP 2 lets through.
     let seen = tcp_whoami(h.lab.inet(), wan2, PORT, None, T)
         .expect("a connection to wan2's address is answered");
-    assert_eq!(seen, IpAddr::V4(h.lab.inet_addr(2)), "the router saw {seen}");
+    assert_eq!(
+        seen,
+        IpAddr::V4(h.lab.inet_addr(2)),
+        "the router saw {seen}"
+    );
 
     // A port forward on wan3 to the LAN host.
     let _lan_srv =
@@ -117,7 +125,11 @@ priority = 3
     let wan3 = IpAddr::V4(h.lab.wan_addr(3));
     let seen = tcp_whoami(h.lab.inet(), wan3, 8080, None, T)
         .expect("a port forward arriving on wan3 is answered");
-    assert_eq!(seen, IpAddr::V4(h.lab.inet_addr(3)), "the LAN host saw {seen}");
+    assert_eq!(
+        seen,
+        IpAddr::V4(h.lab.inet_addr(3)),
+        "the LAN host saw {seen}"
+    );
 
     // TTL exceeded for a packet that came in on wan3: the error must come from wan3's
     // address, and only ISP 3 lets that source through, so arriving proves the path.
@@ -166,7 +178,10 @@ priority = 2
         per_isp[isp_of(seen)] += 1;
     }
     assert!(per_isp[1] > 0 && per_isp[2] > 0, "not spread: {per_isp:?}");
-    assert_eq!(per_isp[3], 0, "unbound connections used the backup: {per_isp:?}");
+    assert_eq!(
+        per_isp[3], 0,
+        "unbound connections used the backup: {per_isp:?}"
+    );
     let wan3 = IpAddr::V4(h.lab.wan_addr(3));
     for _ in 0..5 {
         let seen = tcp_whoami(h.router(), server(1), PORT, Some(wan3), T).expect("answered");
@@ -193,7 +208,15 @@ priority = 2
     );
     // The operator's own route: 198.18.0.3 through ISP 3.
     h.router()
-        .ip(&["route", "add", "198.18.0.3/32", "via", "100.64.3.1", "dev", "wan3"])
+        .ip(&[
+            "route",
+            "add",
+            "198.18.0.3/32",
+            "via",
+            "100.64.3.1",
+            "dev",
+            "wan3",
+        ])
         .unwrap();
     // multiwan masquerades; NAT on wan3 is still needed for the operator's route.
     h.apply();
@@ -240,9 +263,18 @@ interface = "wan2"
 
     // The gateway goes away: the kernel would drop the route; do it by hand.
     h.router()
-        .ip(&["route", "del", "default", "via", "100.64.2.1", "table", "102"])
+        .ip(&[
+            "route",
+            "del",
+            "default",
+            "via",
+            "100.64.2.1",
+            "table",
+            "102",
+        ])
         .unwrap();
-    let route = h.router_sh("ip route get 198.18.0.1 from 192.0.2.2 iif lan0 mark 0x200 2>&1 || true");
+    let route =
+        h.router_sh("ip route get 198.18.0.1 from 192.0.2.2 iif lan0 mark 0x200 2>&1 || true");
     assert!(
         route.contains("unreachable") || route.contains("No route to host"),
         "lookup for isp2's mark: {route}"
@@ -254,14 +286,20 @@ interface = "wan2"
         .nft("table ip leakcheck { chain forwarded { type filter hook forward priority 0; iifname \"cust\" tcp dport 7000 counter; }\n}")
         .unwrap();
     conn.set_timeout(Duration::from_millis(1500));
-    assert!(conn.exchange(1000).is_err(), "the connection went on without its link");
+    assert!(
+        conn.exchange(1000).is_err(),
+        "the connection went on without its link"
+    );
     let counted = h
         .lab
         .isp(1)
         .exec("nft", &["list", "table", "ip", "leakcheck"])
         .unwrap();
     let text = String::from_utf8_lossy(&counted.stdout);
-    assert!(text.contains("packets 0 "), "packets leaked through isp1:\n{text}");
+    assert!(
+        text.contains("packets 0 "),
+        "packets leaked through isp1:\n{text}"
+    );
 }
 
 fn owned_state(h: &Harness) -> String {
@@ -308,7 +346,10 @@ fn apply_is_idempotent_reconfigures_minimally_coexists_and_flushes() {
 
     // Same config again: nothing at all changes.
     let second = h.apply();
-    assert!(second.contains("0 changes"), "second apply changed something:\n{second}");
+    assert!(
+        second.contains("0 changes"),
+        "second apply changed something:\n{second}"
+    );
     assert_eq!(owned_state(&h), installed);
 
     // Edited: isp3 removed, isp2's weight changed. isp1's objects stay untouched.
@@ -327,8 +368,14 @@ fn apply_is_idempotent_reconfigures_minimally_coexists_and_flushes() {
     let third = h.apply();
     assert!(!third.contains("0 changes"), "{third}");
     let edited = owned_state(&h);
-    assert!(!edited.contains("lookup 103"), "isp3's rules stayed:\n{edited}");
-    assert!(!edited.contains("wan3"), "isp3's routes or nft stayed:\n{edited}");
+    assert!(
+        !edited.contains("lookup 103"),
+        "isp3's rules stayed:\n{edited}"
+    );
+    assert!(
+        !edited.contains("wan3"),
+        "isp3's routes or nft stayed:\n{edited}"
+    );
     assert!(edited.contains("weight 2"), "{edited}");
     assert!(edited.contains("from 100.64.1.2 lookup 101"), "{edited}");
     // Counters of links that stay keep their values.
@@ -347,15 +394,22 @@ fn apply_is_idempotent_reconfigures_minimally_coexists_and_flushes() {
     // Flush: nothing owned is left, everything foreign is.
     h.multiwan_ok(&["flush"]);
     let left = owned_state(&h);
-    for owned in ["lookup 10", "lookup isp", "suppress_prefixlength", "fwmark 0x100", "table inet"] {
+    for owned in [
+        "lookup 10",
+        "lookup isp",
+        "suppress_prefixlength",
+        "fwmark 0x100",
+        "table inet",
+    ] {
         assert!(!left.contains(owned), "flush left {owned:?}:\n{left}");
     }
-    assert!(!left.contains("via"), "flush left routes in owned tables:\n{left}");
-    assert!(!std::path::Path::new(&format!(
-        "/etc/iproute2/rt_tables.d/{}.conf",
-        h.nft_table
-    ))
-    .exists());
+    assert!(
+        !left.contains("via"),
+        "flush left routes in owned tables:\n{left}"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/etc/iproute2/rt_tables.d/{}.conf", h.nft_table)).exists()
+    );
     assert_eq!(foreign(&h), before, "foreign state changed by flush");
 }
 
@@ -378,9 +432,15 @@ gateway = "100.64.9.1"
 "#,
     );
     let log = h.apply();
-    assert!(log.contains("ghost is waiting: interface wan9 not found"), "{log}");
+    assert!(
+        log.contains("ghost is waiting: interface wan9 not found"),
+        "{log}"
+    );
     let rules = h.router_sh("ip -N rule");
     assert!(rules.contains("from 100.64.1.2 lookup 101"), "{rules}");
     let plan = String::from_utf8_lossy(&h.multiwan_ok(&["plan"]).stdout).into_owned();
-    assert!(plan.contains("# link ghost (id 9, mark 0x900, table 109): waiting"), "{plan}");
+    assert!(
+        plan.contains("# link ghost (id 9, mark 0x900, table 109): waiting"),
+        "{plan}"
+    );
 }

@@ -101,7 +101,9 @@ fn foreign_nft_mark_users(config: &Config) -> Vec<String> {
     let mask = u64::from(config.settings.mark_mask);
     let mut tables = Vec::new();
     for item in json["nftables"].as_array().into_iter().flatten() {
-        let Some(rule) = item.get("rule") else { continue };
+        let Some(rule) = item.get("rule") else {
+            continue;
+        };
         let name = format!(
             "{} {}",
             rule["family"].as_str().unwrap_or("?"),
@@ -122,7 +124,8 @@ fn uses_mark_bits(v: &serde_json::Value, mask: u64) -> bool {
     fn mentions_mark(v: &serde_json::Value) -> bool {
         match v {
             serde_json::Value::Object(m) => {
-                m.get("key").and_then(|k| k.as_str()) == Some("mark") || m.values().any(mentions_mark)
+                m.get("key").and_then(|k| k.as_str()) == Some("mark")
+                    || m.values().any(mentions_mark)
             }
             serde_json::Value::Array(a) => a.iter().any(mentions_mark),
             _ => false,
@@ -161,7 +164,10 @@ fn sysctl_warnings(config: &Config) -> Vec<String> {
         ("net/ipv4/fib_multipath_hash_policy".to_string(), "1"),
     ];
     for link in config.links.iter().filter(|l| l.enabled) {
-        wanted.push((format!("net/ipv4/conf/{}/src_valid_mark", link.interface), "1"));
+        wanted.push((
+            format!("net/ipv4/conf/{}/src_valid_mark", link.interface),
+            "1",
+        ));
         if link.gateway6 == Gateway::Auto {
             wanted.push((format!("net/ipv6/conf/{}/accept_ra", link.interface), "2"));
         }
@@ -180,7 +186,10 @@ fn sysctl_warnings(config: &Config) -> Vec<String> {
     if read("net/ipv4/ip_forward").as_deref() == Some("0")
         && !config.settings.lan.as_ref().is_some_and(|l| l.is_empty())
     {
-        out.push("net.ipv4.ip_forward is 0: apply and run refuse to start until it is 1 (or lan = [])".into());
+        out.push(
+            "net.ipv4.ip_forward is 0: apply and run refuse to start until it is 1 (or lan = [])"
+                .into(),
+        );
     }
     out
 }

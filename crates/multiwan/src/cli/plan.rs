@@ -19,10 +19,7 @@ pub fn run(config_path: &Path, down: &[String]) -> CliResult {
         }
     }
     let facts = super::read_facts_or_empty();
-    let states: LinkStates = down
-        .iter()
-        .map(|n| (n.clone(), LinkState::Down))
-        .collect();
+    let states: LinkStates = down.iter().map(|n| (n.clone(), LinkState::Down)).collect();
     let states = with_carrier_states(states, &config, &facts);
     // `plan` changes nothing, not even the state directory: a missing seed plans as 0.
     let seed = StateDir::new(&config.settings.state_dir)

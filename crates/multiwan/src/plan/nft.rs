@@ -120,9 +120,15 @@ pub enum Match {
     /// `fib daddr type local`
     FibDaddrLocal,
     /// `ip saddr { prefixes }` / `ip6 saddr { ... }`
-    Saddr { version: IpVersion, nets: Vec<String> },
+    Saddr {
+        version: IpVersion,
+        nets: Vec<String>,
+    },
     /// `ip daddr { prefixes }` / `ip6 daddr { ... }`
-    Daddr { version: IpVersion, nets: Vec<String> },
+    Daddr {
+        version: IpVersion,
+        nets: Vec<String>,
+    },
     /// `meta l4proto N`
     L4Proto(u8),
     /// `th dport { ports and ranges }` (tcp/udp/sctp/dccp)
@@ -148,7 +154,11 @@ pub enum MarkKind {
 pub enum Action {
     /// `<kind> mark set <kind> mark & keep | value`: changes only the owned bits
     /// (`keep` is the complement of `mark_mask`; `value` lies inside the mask).
-    SetMark { kind: MarkKind, keep: u32, value: u32 },
+    SetMark {
+        kind: MarkKind,
+        keep: u32,
+        value: u32,
+    },
     /// `counter name "x"`
     Counter(String),
     /// `counter` (anonymous)
@@ -158,9 +168,15 @@ pub enum Action {
     /// `tcp option maxseg size set rt mtu`
     ClampMssToPmtu,
     /// `log prefix "..."` (group `None`: kernel log) or `log group N prefix "..."`
-    Log { group: Option<u16>, prefix: String },
+    Log {
+        group: Option<u16>,
+        prefix: String,
+    },
     /// A verdict map on the owned ct mark bits: `ct mark & mask vmap { value : verdict }`.
-    CtMarkVmap { mask: u32, entries: Vec<(u32, Verdict)> },
+    CtMarkVmap {
+        mask: u32,
+        entries: Vec<(u32, Verdict)>,
+    },
     /// `iifname vmap { "x" : verdict }`
     IifnameVmap(Vec<(String, Verdict)>),
     /// `oifname vmap { "x" : verdict }`

@@ -146,7 +146,10 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
             }],
             vec![Action::Verdict(Verdict::Return)],
         ),
-        NftRule::new(vec![Match::IifLoopback], vec![Action::Verdict(Verdict::Return)]),
+        NftRule::new(
+            vec![Match::IifLoopback],
+            vec![Action::Verdict(Verdict::Return)],
+        ),
         // Only a connection's first packet is classified: packets of connections that
         // predate multiwan, and untracked ones, keep being routed as they were.
         NftRule::new(
@@ -344,7 +347,9 @@ pub(crate) fn policy_chain_for(policy: &Policy, links: &[Resolved], seed: u32) -
     let rules = if chosen.len() == 1 {
         vec![NftRule::new(
             vec![],
-            vec![Action::Verdict(Verdict::Goto(mark_chain(&chosen[0].0.link.name)))],
+            vec![Action::Verdict(Verdict::Goto(mark_chain(
+                &chosen[0].0.link.name,
+            )))],
         )]
     } else if policy.sticky == Sticky::Connection {
         let entries: Vec<(String, u32)> = chosen

@@ -160,11 +160,7 @@ fn nets_of(nets: &[IpNet], family: Option<Family>) -> Vec<String> {
 }
 
 /// Where a router-local rule sends its connections: a routing table.
-pub(crate) fn local_table(
-    config: &Config,
-    rule: &Rule,
-    links: &[Resolved],
-) -> Option<u32> {
+pub(crate) fn local_table(config: &Config, rule: &Rule, links: &[Resolved]) -> Option<u32> {
     let base = config.settings.table_base;
     Some(match &rule.target {
         RuleTarget::Main => MAIN_TABLE,

@@ -26,7 +26,9 @@ pub fn assign(seed: u32, candidates: &[(u8, u32)]) -> Vec<usize> {
             let mut best = 0;
             let mut best_score = f64::NEG_INFINITY;
             for (i, (id, weight)) in candidates.iter().enumerate() {
-                let u = unit(mix(u64::from(seed) << 32 | u64::from(bucket) << 8 | u64::from(*id)));
+                let u = unit(mix(u64::from(seed) << 32
+                    | u64::from(bucket) << 8
+                    | u64::from(*id)));
                 let score = -f64::from(*weight) / u.ln();
                 if score > best_score {
                     best_score = score;
@@ -74,7 +76,9 @@ mod tests {
         let first = a.iter().filter(|&&l| l == 0).count();
         assert!((450..=574).contains(&first), "{first} of 1024");
         let a = assign(7, &[(1, 5), (2, 3), (3, 2)]);
-        let counts: Vec<usize> = (0..3).map(|i| a.iter().filter(|&&l| l == i).count()).collect();
+        let counts: Vec<usize> = (0..3)
+            .map(|i| a.iter().filter(|&&l| l == i).count())
+            .collect();
         for (c, want) in counts.iter().zip([0.5, 0.3, 0.2]) {
             let share = *c as f64 / f64::from(BUCKETS);
             assert!((share - want).abs() < 0.05, "{counts:?}");

@@ -1,12 +1,15 @@
 //! Weights → the ranges of a `numgen random mod N vmap` that give each choice its share.
 
+/// An inclusive range of `numgen` values.
+pub type Range = (u32, u32);
+
 /// Splits `0..modulus` into one contiguous inclusive range per entry, sized by weight.
 /// Weights are divided by their greatest common divisor first (3:3 becomes 1:1), so
 /// the map stays as small as the shares allow. Entries with weight 0 get no range.
 ///
 /// Returns the modulus and, per entry with a positive weight, its range, in input order:
 /// the ranges cover `0..modulus` exactly, without overlap or gap.
-pub fn split<T: Clone>(entries: &[(T, u32)]) -> (u32, Vec<(T, (u32, u32))>) {
+pub fn split<T: Clone>(entries: &[(T, u32)]) -> (u32, Vec<(T, Range)>) {
     let divisor = entries
         .iter()
         .map(|(_, w)| *w)

@@ -103,10 +103,7 @@ impl Drop for Harness {
         // Host-global leftovers of this instance; the namespaces go with the lab.
         let _ = std::fs::remove_file(&self.config_path);
         let _ = std::fs::remove_dir_all(self.state_dir());
-        let _ = std::fs::remove_file(format!(
-            "/etc/iproute2/rt_tables.d/{}.conf",
-            self.nft_table
-        ));
+        let _ = std::fs::remove_file(format!("/etc/iproute2/rt_tables.d/{}.conf", self.nft_table));
     }
 }
 
