@@ -6,10 +6,13 @@
 //! - [`render`]: the desired state as `ip` / `nft` text (`multiwan plan`);
 //! - [`kernel`]: reads what is installed and applies a desired state over netlink and
 //!   one nft JSON batch;
+//! - [`probe`], [`health`]: health checks and the per-link state machine;
+//! - [`daemon`]: the event loop of `multiwan run`;
 //! - [`cli`]: the `multiwan` command.
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod health;
 pub mod kernel;
 pub mod plan;

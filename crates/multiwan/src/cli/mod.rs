@@ -52,6 +52,8 @@ enum Command {
     Apply(ConfigArg),
     /// Remove every kernel object multiwan owns.
     Flush(ConfigArg),
+    /// The daemon, in the foreground (systemd Type=notify).
+    Run(ConfigArg),
     /// A sandbox of network namespaces with three uplinks, narrated.
     Demo,
 }
@@ -103,6 +105,7 @@ pub fn main() -> i32 {
         Command::Plan { config, down } => plan::run(&config.config, &down),
         Command::Apply(c) => apply::apply(&c.config),
         Command::Flush(c) => apply::flush(&c.config),
+        Command::Run(c) => run(&c.config),
         Command::Demo => demo::run(),
     };
     match result {
@@ -123,8 +126,20 @@ fn command_name(c: &Command) -> &'static str {
         Command::Plan { .. } => "plan",
         Command::Apply(_) => "apply",
         Command::Flush(_) => "flush",
+        Command::Run(_) => "run",
         Command::Demo => "demo",
     }
+}
+
+fn run(config: &std::path::Path) -> CliResult {
+    // Config errors exit 2 before anything starts.
+    crate::config::load(config)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)?;
+    rt.block_on(crate::daemon::run(config))?;
+    Ok(0)
 }
 
 /// The machine's facts, or none when netlink cannot be read (e.g. `plan` run as a

@@ -1,6 +1,8 @@
 //! Shared by the namespace tests: a lab with multiwan's config and binary at hand.
 #![allow(dead_code)]
 
+pub mod traffic;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -93,6 +95,62 @@ impl Harness {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Starts `multiwan run` in the router; its log goes to `<state>/daemon.log`
+    /// (read with [`Harness::daemon_log`]). Returns once the first plan is applied.
+    pub fn start_daemon(&self) -> netns_lab::ChildGuard {
+        let log_path = self.log_path();
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = Command::new(multiwan_bin());
+        cmd.arg("run")
+            .arg("-c")
+            .arg(&self.config_path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = self.router().spawn(&mut cmd).expect("starting multiwan run");
+        self.wait_for_log("multiwan: running", std::time::Duration::from_secs(10));
+        child
+    }
+
+    fn log_path(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("{}.daemon.log", self.nft_table))
+    }
+
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Waits until the daemon's log contains `needle` (panics with the log otherwise).
+    pub fn wait_for_log(&self, needle: &str, timeout: std::time::Duration) {
+        let start = std::time::Instant::now();
+        while start.elapsed() < timeout {
+            if self.daemon_log().contains(needle) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!(
+            "daemon log has no {needle:?} after {timeout:?}:\n{}",
+            self.daemon_log()
+        );
+    }
+
+    /// The daemon's last status (`status.json` in the state directory).
+    pub fn status(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.state_dir().join("status.json"))
+            .unwrap_or_else(|_| "{}".into());
+        serde_json::from_str(&text).unwrap_or_default()
+    }
+
+    /// The state of link `name` in the daemon's status.
+    pub fn link_state(&self, name: &str) -> String {
+        self.status()["links"]
+            .as_array()
+            .and_then(|links| links.iter().find(|l| l["name"] == name))
+            .and_then(|l| l["state"].as_str())
+            .unwrap_or("")
+            .to_string()
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         PathBuf::from("/var/lib/multiwan").join(&self.nft_table)
     }
@@ -102,6 +160,7 @@ impl Drop for Harness {
     fn drop(&mut self) {
         // Host-global leftovers of this instance; the namespaces go with the lab.
         let _ = std::fs::remove_file(&self.config_path);
+        let _ = std::fs::remove_file(self.log_path());
         let _ = std::fs::remove_dir_all(self.state_dir());
         let _ = std::fs::remove_file(format!("/etc/iproute2/rt_tables.d/{}.conf", self.nft_table));
     }
