@@ -27,6 +27,9 @@ use crate::state::StateDir;
 use crate::status::{self, LinkStatus, PolicyStatus, Status};
 use links::LinkRuntime;
 
+/// How often the daemon reads back everything it owns and repairs drift.
+const VERIFY_EVERY: Duration = Duration::from_secs(300);
+
 /// A state change as `multiwan events` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Event {
@@ -46,6 +49,8 @@ pub struct Daemon {
     facts: Facts,
     links: BTreeMap<String, LinkRuntime>,
     installed: Option<Desired>,
+    /// The next apply reads the kernel back instead of trusting `installed`.
+    verify_next: bool,
     reports_tx: mpsc::Sender<RoundReport>,
     events: broadcast::Sender<Event>,
     /// Wall-clock and monotonic time at start, to print `since` as RFC 3339.
@@ -81,6 +86,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
         seed,
         links: BTreeMap::new(),
         installed: None,
+        verify_next: true,
         reports_tx,
         events,
         epoch: (Instant::now(), SystemTime::now()),
@@ -94,6 +100,10 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
+    let mut verify = tokio::time::interval_at(
+        tokio::time::Instant::now() + VERIFY_EVERY,
+        VERIFY_EVERY,
+    );
 
     loop {
         let deadline = daemon.next_deadline();
@@ -117,6 +127,15 @@ pub async fn run(config_path: &Path) -> Result<()> {
                 daemon.act(transitions).await;
             }
             _ = tick_opt(&mut watchdog) => notify::watchdog(),
+            _ = verify.tick() => {
+                // Someone may have changed what we own (an `ip rule del`, an nft
+                // flush): read it all back and put it right.
+                daemon.verify_next = true;
+                daemon.installed = None;
+                if let Err(e) = daemon.reconcile("periodic check").await {
+                    eprintln!("multiwan: {e:#}");
+                }
+            }
             _ = sighup.recv() => {
                 eprintln!("multiwan: SIGHUP: reload is not supported yet; restart to apply a new config");
             }
@@ -230,11 +249,16 @@ impl Daemon {
             return Ok(());
         }
         let started = Instant::now();
-        let report = self
-            .kernel
-            .apply(&desired)
-            .await
-            .context("applying the new plan (the previous state stays in force)")?;
+        // A state change applies against what this process installed last (no read
+        // back: that costs more than the change); start, reload and the periodic
+        // check read the kernel back and repair any drift.
+        let result = match self.installed.as_ref().filter(|_| !self.verify_next) {
+            Some(previous) => self.kernel.apply_after(previous, &desired).await,
+            None => self.kernel.apply(&desired).await,
+        };
+        let report =
+            result.context("applying the new plan (the previous state stays in force)")?;
+        self.verify_next = false;
         if report.changed {
             eprintln!(
                 "multiwan: {why}: applied {} changes in {:.1} ms: {}",

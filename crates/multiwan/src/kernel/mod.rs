@@ -222,10 +222,50 @@ impl Kernel {
     /// there leaves the new state in place with some leftovers for the next apply.
     pub async fn apply(&self, desired: &Desired) -> Result<ApplyReport> {
         let start = Instant::now();
-        let mut report = ApplyReport::default();
         nft::validate(&desired.nft)?;
         let own = Ownership::from(desired);
         let installed = self.read_installed(&own).await?;
+        self.apply_against(start, installed, desired, true).await
+    }
+
+    /// Like [`Kernel::apply`], but trusts that `previous` (which this process applied
+    /// successfully) is what is installed, instead of reading everything back: the
+    /// daemon's fast path for a link state change, where reading back and `nft -c`
+    /// would cost more than the change itself. The daemon still does a full
+    /// [`Kernel::apply`] at start, on reload and periodically, which repairs any drift.
+    pub async fn apply_after(&self, previous: &Desired, desired: &Desired) -> Result<ApplyReport> {
+        let start = Instant::now();
+        nft::validate(&desired.nft)?;
+        let mut rules = Vec::with_capacity(previous.rules.len());
+        for r in &previous.rules {
+            rules.push(InstalledRule {
+                rule: Some(r.clone()),
+                msg: rules::to_message(r)?,
+            });
+        }
+        let mut routes = Vec::with_capacity(previous.routes.len());
+        for r in &previous.routes {
+            routes.push(InstalledRoute {
+                route: Some(r.clone()),
+                msg: routes::to_message(r)?,
+            });
+        }
+        let installed = Installed {
+            rules,
+            routes,
+            nft: Existing::from_table(&previous.nft),
+        };
+        self.apply_against(start, installed, desired, false).await
+    }
+
+    async fn apply_against(
+        &self,
+        start: Instant,
+        installed: Installed,
+        desired: &Desired,
+        check_nft: bool,
+    ) -> Result<ApplyReport> {
+        let mut report = ApplyReport::default();
 
         let current_routes: Vec<Route> = installed
             .routes
@@ -242,7 +282,7 @@ impl Kernel {
 
         let batch = (installed.nft.digest.as_deref() != Some(desired.nft.digest.as_str()))
             .then(|| nft::to_batch(&desired.nft, &installed.nft));
-        if let Some(batch) = &batch {
+        if let Some(batch) = batch.as_ref().filter(|_| check_nft) {
             nft::check(batch)?;
         }
 

@@ -54,6 +54,29 @@ pub struct Existing {
 }
 
 impl Existing {
+    /// What installing `table` left in the kernel, as [`Existing::read`] would find it
+    /// (counter values unknown: 0).
+    pub fn from_table(table: &NftTable) -> Existing {
+        let mut chains: BTreeMap<String, Option<BaseChain>> = table
+            .chains
+            .iter()
+            .map(|c| (c.name.clone(), c.hook))
+            .collect();
+        chains.insert(PLAN_CHAIN.to_string(), None);
+        Existing {
+            table: true,
+            digest: Some(table.digest.clone()),
+            chains,
+            sets: table
+                .sets
+                .iter()
+                .map(|x| (x.name.clone(), set_shape(&x.elements)))
+                .collect(),
+            maps: BTreeSet::new(),
+            counters: table.counters.iter().map(|c| (c.clone(), 0)).collect(),
+        }
+    }
+
     /// Reads what is installed as `table inet <name>` (an empty `Existing` if absent).
     pub fn read(name: &str) -> Result<Existing> {
         let args = ["list", "table", "inet", name];
