@@ -59,6 +59,13 @@ impl ArpProber {
             target: gateway.to_string(),
         })?;
         let io_err = |what, e| ProbeError::io(what, ifname, e);
+        if ep.ifindex == 0 {
+            // Index 0 would bind the packet socket to every interface.
+            return Err(io_err(
+                "find the interface",
+                io::Error::from_raw_os_error(libc::ENODEV),
+            ));
+        }
         let eth_p_arp = (libc::ETH_P_ARP as u16).to_be();
         let socket = Socket::new(
             Domain::PACKET,
