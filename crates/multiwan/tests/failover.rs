@@ -6,9 +6,8 @@ mod common;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use common::traffic::{outage_after, Traffic};
 use common::Harness;
-use netns_lab::{tcp_whoami, LongLivedConnection};
+use netns_lab::{outage_after, tcp_whoami, LongLivedConnection, Traffic};
 
 const PORT: u16 = 7100;
 const EVERY: Duration = Duration::from_millis(20);
@@ -84,7 +83,7 @@ fn serial_blackhole_of_the_primary_moves_new_connections_to_the_backup() {
     std::thread::sleep(Duration::from_millis(300));
     let attempts = traffic.finish();
     let outage = outage_after(&attempts, cut).unwrap_or_default();
-    eprintln!("blackhole outage seen by the client: {outage:?}");
+    eprintln!("blackhole outage seen by the client: {outage:?}\n{}", h.daemon_log());
     assert!(outage < Duration::from_secs(3), "outage {outage:?}\n{}", h.daemon_log());
     assert_eq!(h.link_state("isp1"), "down", "{}", h.daemon_log());
     // Every attempt after the switch went through the backup.

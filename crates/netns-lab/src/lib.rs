@@ -8,6 +8,7 @@
 //!   interface re-creation, gateway moves.
 //! * [`whoami`]: servers that tell a client the address they saw it come from, and
 //!   the clients that ask, including a long-lived echo connection for survival tests.
+//! * [`traffic`]: a client opening a connection at a fixed pace, to measure outages.
 //!
 //! Setup shells out to `ip`, `nft` and `sysctl` on purpose: this is lab plumbing,
 //! not the product (which talks netlink). Everything needs root (CAP_NET_ADMIN and
@@ -15,10 +16,12 @@
 
 pub mod lab;
 pub mod netns;
+pub mod traffic;
 pub mod whoami;
 
 pub use lab::{addr, Lab, LabBuilder};
 pub use netns::{run, unique_name, ChildGuard, Netns};
+pub use traffic::{outage_after, Attempt, Traffic};
 pub use whoami::{
     tcp_whoami, tcp_whoami_with, udp_whoami, udp_whoami_with, ClientOptions, LongLivedConnection,
     Proto, WhoAmIServer,

@@ -1,8 +1,6 @@
 //! Shared by the namespace tests: a lab with multiwan's config and binary at hand.
 #![allow(dead_code)]
 
-pub mod traffic;
-
 use std::path::PathBuf;
 use std::process::{Command, Output};
 

@@ -1,12 +1,13 @@
-//! Continuous traffic from the LAN client: a new TCP connection every 20 ms, each
-//! recording when it started and which uplink it left through (or that it failed).
+//! Continuous traffic, as a user makes it: a new TCP connection to a whoami server at
+//! a fixed pace, each recording when it started and which ISP it left through (or that
+//! it failed). The tests and `multiwan demo` measure outages with it.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use netns_lab::Netns;
+use crate::Netns;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Attempt {
@@ -24,7 +25,13 @@ pub struct Traffic {
 impl Traffic {
     /// Starts a connection every `every` from `ns` to `server:port`; each may take up
     /// to `timeout`.
-    pub fn start(ns: &Netns, server: IpAddr, port: u16, every: Duration, timeout: Duration) -> Traffic {
+    pub fn start(
+        ns: &Netns,
+        server: IpAddr,
+        port: u16,
+        every: Duration,
+        timeout: Duration,
+    ) -> Traffic {
         let stop = Arc::new(AtomicBool::new(false));
         let attempts = Arc::new(Mutex::new(Vec::new()));
         let ns_name = ns.name().to_string();
@@ -37,8 +44,8 @@ impl Traffic {
                 let attempts = attempts2.clone();
                 let name = ns_name.clone();
                 workers.push(std::thread::spawn(move || {
-                    let isp = whoami_in(&name, server, port, timeout)
-                        .and_then(netns_lab::lab::addr::isp_of);
+                    let isp =
+                        whoami_in(&name, server, port, timeout).and_then(crate::lab::addr::isp_of);
                     attempts.lock().unwrap().push(Attempt { at, isp });
                 }));
                 std::thread::sleep(every);
