@@ -2,36 +2,14 @@
 //! sends must install the same thing. Each golden config's table is loaded as text in
 //! one namespace and as the JSON batch in another; the kernel's listings must match.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use multiwan::kernel::nft::{self as knft, Existing};
-use multiwan::plan::{self, Facts, InterfaceFacts, LinkState, LinkStates, PlanInput};
+use multiwan::plan::{self, LinkState, LinkStates, PlanInput};
 use multiwan::{config, render};
 use netns_lab::{unique_name, Netns};
 
 mod common;
-
-fn facts() -> Facts {
-    let mut interfaces = BTreeMap::new();
-    for k in 1..=3u8 {
-        interfaces.insert(
-            format!("wan{k}"),
-            InterfaceFacts {
-                ifindex: 10 + u32::from(k),
-                admin_up: true,
-                carrier: true,
-                addresses: vec![format!("100.64.{k}.2/24").parse().unwrap()],
-                default_gateway4: Some(format!("100.64.{k}.1").parse().unwrap()),
-                default_gateway6: None,
-            },
-        );
-    }
-    Facts {
-        interfaces,
-        main_prefixes: vec!["192.0.2.0/24".parse().unwrap()],
-    }
-}
 
 /// `nft list table` without handles and counter values, which differ by nature.
 fn listing(ns: &Netns, table: &str) -> String {
@@ -66,7 +44,7 @@ fn text_and_json_renderings_install_the_same_table() {
             let desired = plan::plan(&PlanInput {
                 config: &cfg,
                 states: &states,
-                facts: &facts(),
+                facts: &common::lab_facts(),
                 seed: 0x1234_5678,
             });
             let name = desired.nft.name.clone();

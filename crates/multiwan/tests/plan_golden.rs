@@ -5,53 +5,16 @@
 //! After an intended change of output: `UPDATE_GOLDEN=1 cargo test --test plan_golden`,
 //! then read the diff of the .plan files before committing it.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+mod common;
+
 use multiwan::config;
-use multiwan::plan::{self, Facts, InterfaceFacts, LinkState, LinkStates, PlanInput};
+use multiwan::plan::{self, LinkState, LinkStates, PlanInput};
 use multiwan::render;
 
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
-}
-
-/// The router of the namespace lab, as `read_facts` sees it.
-fn lab_facts() -> Facts {
-    let mut interfaces = BTreeMap::new();
-    for k in 1..=3u8 {
-        interfaces.insert(
-            format!("wan{k}"),
-            InterfaceFacts {
-                ifindex: 10 + u32::from(k),
-                admin_up: true,
-                carrier: true,
-                addresses: vec![format!("100.64.{k}.2/24").parse().unwrap()],
-                default_gateway4: Some(format!("100.64.{k}.1").parse().unwrap()),
-                default_gateway6: None,
-            },
-        );
-    }
-    interfaces.insert(
-        "lan0".into(),
-        InterfaceFacts {
-            ifindex: 2,
-            admin_up: true,
-            carrier: true,
-            addresses: vec!["192.0.2.1/24".parse().unwrap()],
-            default_gateway4: None,
-            default_gateway6: None,
-        },
-    );
-    Facts {
-        interfaces,
-        main_prefixes: vec![
-            "100.64.1.0/24".parse().unwrap(),
-            "100.64.2.0/24".parse().unwrap(),
-            "100.64.3.0/24".parse().unwrap(),
-            "192.0.2.0/24".parse().unwrap(),
-        ],
-    }
 }
 
 fn plan_file(toml: &Path, states: &LinkStates) -> String {
@@ -59,7 +22,7 @@ fn plan_file(toml: &Path, states: &LinkStates) -> String {
     // A fixed path keeps the golden output independent of where the checkout is.
     let name = Path::new(toml.file_name().unwrap());
     let config = config::parse(&text, name).unwrap_or_else(|e| panic!("{}:\n{e}", toml.display()));
-    let facts = lab_facts();
+    let facts = common::lab_facts();
     let desired = plan::plan(&PlanInput {
         config: &config,
         states,

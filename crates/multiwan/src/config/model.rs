@@ -123,10 +123,20 @@ pub struct Check {
 /// What a health check sends, with the keys that method needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probe {
-    Icmp { targets: Vec<IpAddr> },
-    Tcp { targets: Vec<IpAddr>, port: u16 },
-    Http { urls: Vec<String> },
-    Dns { resolvers: Vec<IpAddr>, query: String },
+    Icmp {
+        targets: Vec<IpAddr>,
+    },
+    Tcp {
+        targets: Vec<IpAddr>,
+        port: u16,
+    },
+    Http {
+        urls: Vec<String>,
+    },
+    Dns {
+        resolvers: Vec<IpAddr>,
+        query: String,
+    },
     /// The gateway is probed.
     Arp,
     /// No probing: up while carrier and address are there.

@@ -100,10 +100,8 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
-    let mut verify = tokio::time::interval_at(
-        tokio::time::Instant::now() + VERIFY_EVERY,
-        VERIFY_EVERY,
-    );
+    let mut verify =
+        tokio::time::interval_at(tokio::time::Instant::now() + VERIFY_EVERY, VERIFY_EVERY);
 
     loop {
         let deadline = daemon.next_deadline();
@@ -256,8 +254,7 @@ impl Daemon {
             Some(previous) => self.kernel.apply_after(previous, &desired).await,
             None => self.kernel.apply(&desired).await,
         };
-        let report =
-            result.context("applying the new plan (the previous state stays in force)")?;
+        let report = result.context("applying the new plan (the previous state stays in force)")?;
         self.verify_next = false;
         if report.changed {
             eprintln!(
@@ -292,8 +289,8 @@ impl Daemon {
             let Some(rt) = self.links.get(&t.link) else {
                 continue;
             };
-            let went_down = t.to == LinkState::Down
-                && matches!(t.from, LinkState::Up | LinkState::Degraded);
+            let went_down =
+                t.to == LinkState::Down && matches!(t.from, LinkState::Up | LinkState::Degraded);
             if went_down && rt.link.flush_on_down {
                 self.flush_connections(&t.link, rt.mark, mask);
             }

@@ -159,21 +159,8 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
     ];
     if !links.is_empty() {
         pre.push(
-            NftRule::new(
-                vec![],
-                vec![Action::IifnameVmap(
-                    links
-                        .iter()
-                        .map(|r| {
-                            (
-                                r.link.interface.clone(),
-                                Verdict::Goto(mark_chain(&r.link.name)),
-                            )
-                        })
-                        .collect(),
-                )],
-            )
-            .with_comment("arrived on a link: answered through it"),
+            NftRule::new(vec![], vec![Action::IifnameVmap(by_interface(links))])
+                .with_comment("arrived on a link: answered through it"),
         );
     }
     let to_classify = Action::Verdict(Verdict::Goto(CHAIN_CLASSIFY.into()));
@@ -211,17 +198,7 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
                     value: 0,
                 },
             ],
-            vec![Action::OifnameVmap(
-                links
-                    .iter()
-                    .map(|r| {
-                        (
-                            r.link.interface.clone(),
-                            Verdict::Goto(mark_chain(&r.link.name)),
-                        )
-                    })
-                    .collect(),
-            )],
+            vec![Action::OifnameVmap(by_interface(links))],
         ));
     }
     chains.push(NftChain {
@@ -318,6 +295,20 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
     };
     table.digest = digest(&table);
     table
+}
+
+/// Each link's interface → its mark chain: a connection is the link's by where it
+/// arrived (prerouting) or where it leaves (postrouting).
+fn by_interface(links: &[Resolved]) -> Vec<(String, Verdict)> {
+    links
+        .iter()
+        .map(|r| {
+            (
+                r.link.interface.clone(),
+                Verdict::Goto(mark_chain(&r.link.name)),
+            )
+        })
+        .collect()
 }
 
 fn set_mark(kind: MarkKind, marks: &MarkLayout, value: u32) -> NftRule {

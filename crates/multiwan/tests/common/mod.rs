@@ -4,6 +4,9 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+use std::collections::BTreeMap;
+
+use multiwan::plan::{Facts, InterfaceFacts};
 use netns_lab::{Lab, LabBuilder, Netns};
 
 /// The multiwan binary under test.
@@ -104,7 +107,10 @@ impl Harness {
             .arg(&self.config_path)
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        let child = self.router().spawn(&mut cmd).expect("starting multiwan run");
+        let child = self
+            .router()
+            .spawn(&mut cmd)
+            .expect("starting multiwan run");
         self.wait_for_log("multiwan: running", std::time::Duration::from_secs(10));
         child
     }
@@ -182,4 +188,42 @@ pub fn sh(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The router of the namespace lab, as `read_facts` sees it.
+pub fn lab_facts() -> Facts {
+    let mut interfaces = BTreeMap::new();
+    for k in 1..=3u8 {
+        interfaces.insert(
+            format!("wan{k}"),
+            InterfaceFacts {
+                ifindex: 10 + u32::from(k),
+                admin_up: true,
+                carrier: true,
+                addresses: vec![format!("100.64.{k}.2/24").parse().unwrap()],
+                default_gateway4: Some(format!("100.64.{k}.1").parse().unwrap()),
+                default_gateway6: None,
+            },
+        );
+    }
+    interfaces.insert(
+        "lan0".into(),
+        InterfaceFacts {
+            ifindex: 2,
+            admin_up: true,
+            carrier: true,
+            addresses: vec!["192.0.2.1/24".parse().unwrap()],
+            default_gateway4: None,
+            default_gateway6: None,
+        },
+    );
+    Facts {
+        interfaces,
+        main_prefixes: vec![
+            "100.64.1.0/24".parse().unwrap(),
+            "100.64.2.0/24".parse().unwrap(),
+            "100.64.3.0/24".parse().unwrap(),
+            "192.0.2.0/24".parse().unwrap(),
+        ],
+    }
 }
