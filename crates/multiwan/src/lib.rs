@@ -8,10 +8,12 @@
 //!   one nft JSON batch;
 //! - [`probe`], [`health`]: health checks and the per-link state machine;
 //! - [`daemon`]: the event loop of `multiwan run`;
+//! - [`control`]: operating it: the control socket, metrics and hooks;
 //! - [`cli`]: the `multiwan` command.
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod health;
 pub mod kernel;

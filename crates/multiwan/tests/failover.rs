@@ -77,14 +77,28 @@ fn serial_blackhole_of_the_primary_moves_new_connections_to_the_backup() {
     std::thread::sleep(Duration::from_millis(300));
     let cut = Instant::now();
     h.lab.blackhole_isp(1, true).unwrap();
-    wait_until("new connections through the backup", Duration::from_secs(5), || {
-        traffic.snapshot().iter().any(|a| a.at > cut && a.isp == Some(2))
-    });
+    wait_until(
+        "new connections through the backup",
+        Duration::from_secs(5),
+        || {
+            traffic
+                .snapshot()
+                .iter()
+                .any(|a| a.at > cut && a.isp == Some(2))
+        },
+    );
     std::thread::sleep(Duration::from_millis(300));
     let attempts = traffic.finish();
     let outage = outage_after(&attempts, cut).unwrap_or_default();
-    eprintln!("blackhole outage seen by the client: {outage:?}\n{}", h.daemon_log());
-    assert!(outage < Duration::from_secs(3), "outage {outage:?}\n{}", h.daemon_log());
+    eprintln!(
+        "blackhole outage seen by the client: {outage:?}\n{}",
+        h.daemon_log()
+    );
+    assert!(
+        outage < Duration::from_secs(3),
+        "outage {outage:?}\n{}",
+        h.daemon_log()
+    );
     assert_eq!(h.link_state("isp1"), "down", "{}", h.daemon_log());
     // Every attempt after the switch went through the backup.
     let last = attempts.last().unwrap();
@@ -99,7 +113,10 @@ fn serial_carrier_loss_moves_new_connections_at_once() {
         // Probes so slow that only the carrier event can explain a fast switch.
         h.write_config(
             "lan = [\"lan0\"]",
-            &primary_backup("").replace("interval = \"200ms\"\ntimeout = \"200ms\"\ndown_after = 3", "interval = \"10s\"\ntimeout = \"5s\"\ndown_after = 3"),
+            &primary_backup("").replace(
+                "interval = \"200ms\"\ntimeout = \"200ms\"\ndown_after = 3",
+                "interval = \"10s\"\ntimeout = \"5s\"\ndown_after = 3",
+            ),
         );
         let _srv = h.lab.whoami_tcp(PORT).unwrap();
         let _daemon = h.start_daemon();
@@ -110,9 +127,14 @@ fn serial_carrier_loss_moves_new_connections_at_once() {
         } else {
             h.lab.carrier(1, false).unwrap();
         }
-        wait_until("isp1 down", Duration::from_secs(3), || h.link_state("isp1") == "down");
+        wait_until("isp1 down", Duration::from_secs(3), || {
+            h.link_state("isp1") == "down"
+        });
         let took = cut.elapsed();
-        assert!(took < Duration::from_secs(2), "took {took:?}: a probe round must not be needed");
+        assert!(
+            took < Duration::from_secs(2),
+            "took {took:?}: a probe round must not be needed"
+        );
         assert_eq!(current_isp(&h), Some(2), "{}", h.daemon_log());
         let log = h.daemon_log();
         assert!(
@@ -132,28 +154,40 @@ fn serial_recovery_keeps_connections_where_they_are() {
     let _srv = h.lab.whoami_tcp(PORT).unwrap();
     let _daemon = h.start_daemon();
     h.lab.blackhole_isp(1, true).unwrap();
-    wait_until("isp1 down", Duration::from_secs(5), || h.link_state("isp1") == "down");
+    wait_until("isp1 down", Duration::from_secs(5), || {
+        h.link_state("isp1") == "down"
+    });
     let mut during = LongLivedConnection::open(h.lab.lan(), server(), PORT, None, ATTEMPT).unwrap();
     assert_eq!(netns_lab::lab::addr::isp_of(during.seen_as()), Some(2));
     during.exchange(10_000).unwrap();
 
     let healed = Instant::now();
     h.lab.blackhole_isp(1, false).unwrap();
-    wait_until("isp1 up", Duration::from_secs(5), || h.link_state("isp1") == "up");
+    wait_until("isp1 up", Duration::from_secs(5), || {
+        h.link_state("isp1") == "up"
+    });
     let took = healed.elapsed();
     assert!(
         took >= Duration::from_millis(4 * 200 - 50),
         "back after {took:?}, before up_after - 1 intervals"
     );
-    wait_until("new connections through isp1", Duration::from_secs(2), || current_isp(&h) == Some(1));
-    during.exchange(10_000).expect("the backup's connection survives the recovery");
+    wait_until(
+        "new connections through isp1",
+        Duration::from_secs(2),
+        || current_isp(&h) == Some(1),
+    );
+    during
+        .exchange(10_000)
+        .expect("the backup's connection survives the recovery");
 
     // A connection on isp2 while isp1 fails and recovers again, every byte delivered
     // (exchange checks the echo byte for byte).
     for _ in 0..2 {
         h.lab.blackhole_isp(1, true).unwrap();
         during.exchange(5_000).unwrap();
-        wait_until("isp1 down", Duration::from_secs(5), || h.link_state("isp1") == "down");
+        wait_until("isp1 down", Duration::from_secs(5), || {
+            h.link_state("isp1") == "down"
+        });
         during.exchange(5_000).unwrap();
         h.lab.blackhole_isp(1, false).unwrap();
         std::thread::sleep(Duration::from_millis(500));

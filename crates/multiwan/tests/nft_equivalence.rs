@@ -59,19 +59,56 @@ fn text_and_json_renderings_install_the_same_table() {
                 Netns::new(unique_name("mweq", &format!("{tag}-j{}", states.len()))).unwrap();
 
             let script = render::plan_script(&cfg, &desired);
-            as_text
-                .nft(render::nft_section(&script).unwrap())
-                .unwrap_or_else(|e| panic!("{}: text rejected: {e:#}", path.display()));
-
             let table = desired.nft.clone();
-            as_json
-                .run(move || {
-                    let existing = Existing::read(&table.name).unwrap_or_default();
-                    let batch = knft::to_batch(&table, &existing);
-                    knft::send(&batch, &table.name)
-                })
-                .unwrap()
-                .unwrap_or_else(|e| panic!("{}: JSON batch rejected: {e:#}", path.display()));
+            if knft::needs_text(&table) {
+                // Cgroup matches: nft's JSON cannot carry them, so apply sends the text
+                // batch; it must install what `plan` prints. nft resolves the cgroups
+                // when loading, so they are made real (same depth, a test's own names).
+                let cgroups = common::TestCgroup::new(&format!("eq-{tag}-{}", states.len()));
+                let knft::NftBatch::Text(batch) = knft::to_batch(&table, &Existing::default())
+                else {
+                    panic!(
+                        "{}: a table with cgroup matches needs the text batch",
+                        path.display()
+                    )
+                };
+                for (ns, text, what) in [
+                    (&as_text, render::nft_section(&script).unwrap(), "plan text"),
+                    (&as_json, batch.as_str(), "text batch"),
+                ] {
+                    let text = cgroups.localize(text);
+                    let out = common::with_cgroup2(ns, "nft")
+                        .args(["-f", "-"])
+                        .stdin(std::process::Stdio::piped())
+                        .stdout(std::process::Stdio::piped())
+                        .stderr(std::process::Stdio::piped())
+                        .spawn()
+                        .and_then(|mut child| {
+                            use std::io::Write;
+                            child.stdin.take().unwrap().write_all(text.as_bytes())?;
+                            child.wait_with_output()
+                        })
+                        .unwrap();
+                    assert!(
+                        out.status.success(),
+                        "{}: {what} rejected: {}\n{text}",
+                        path.display(),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+            } else {
+                as_text
+                    .nft(render::nft_section(&script).unwrap())
+                    .unwrap_or_else(|e| panic!("{}: text rejected: {e:#}", path.display()));
+                as_json
+                    .run(move || {
+                        let existing = Existing::read(&table.name).unwrap_or_default();
+                        let batch = knft::to_batch(&table, &existing);
+                        knft::send(&batch, &table.name)
+                    })
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("{}: JSON batch rejected: {e:#}", path.display()));
+            }
 
             let (t, j) = (listing(&as_text, &name), listing(&as_json, &name));
             assert_eq!(

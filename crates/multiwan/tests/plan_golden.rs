@@ -10,29 +10,40 @@ use std::path::{Path, PathBuf};
 mod common;
 
 use multiwan::config;
-use multiwan::plan::{self, LinkState, LinkStates, PlanInput};
+use multiwan::plan::{self, Facts, LinkState, LinkStates, PlanInput};
 use multiwan::render;
 
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
+fn path_of(name: &str) -> PathBuf {
+    golden_dir().join(format!("{name}.toml"))
+}
+
 fn plan_file(toml: &Path, states: &LinkStates) -> String {
+    plan_file_with(toml, states, &common::lab_facts())
+}
+
+fn plan_file_with(toml: &Path, states: &LinkStates, facts: &Facts) -> String {
     let text = std::fs::read_to_string(toml).unwrap();
     // A fixed path keeps the golden output independent of where the checkout is.
     let name = Path::new(toml.file_name().unwrap());
     let config = config::parse(&text, name).unwrap_or_else(|e| panic!("{}:\n{e}", toml.display()));
-    let facts = common::lab_facts();
     let desired = plan::plan(&PlanInput {
         config: &config,
         states,
-        facts: &facts,
+        facts,
         seed: 0x5eed,
     });
     render::plan_script(&config, &desired)
 }
 
 fn check_golden(name: &str, states: &LinkStates) {
+    check_golden_with(name, states, &common::lab_facts());
+}
+
+fn check_golden_with(name: &str, states: &LinkStates, facts: &Facts) {
     let toml = golden_dir().join(format!("{name}.toml"));
     let suffix = if states.is_empty() {
         String::new()
@@ -41,7 +52,7 @@ fn check_golden(name: &str, states: &LinkStates) {
         format!(".down-{}", down.join("-"))
     };
     let golden = golden_dir().join(format!("{name}{suffix}.plan"));
-    let got = plan_file(&toml, states);
+    let got = plan_file_with(&toml, states, facts);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&golden, &got).unwrap();
         return;
@@ -96,27 +107,72 @@ fn golden_rules() {
     check_golden("rules", &LinkStates::new());
 }
 
+#[test]
+fn golden_cgroup_rules() {
+    check_golden("cgroup", &LinkStates::new());
+}
+
+#[test]
+fn golden_destination_rules_share_a_verdict_map() {
+    check_golden("destinations", &LinkStates::new());
+}
+
+/// The lab's facts with an IPv6 address and default route on wan2 only.
+fn facts_v6_on_wan2() -> Facts {
+    let mut facts = common::lab_facts();
+    let wan2 = facts.interfaces.get_mut("wan2").unwrap();
+    wan2.addresses.push("2001:db8:2::2/64".parse().unwrap());
+    wan2.default_gateway6 = Some("fe80::1".parse().unwrap());
+    facts.main_prefixes.push("2001:db8:2::/64".parse().unwrap());
+    facts
+}
+
+#[test]
+fn golden_ipv6_selection_per_family() {
+    check_golden_with("ipv6", &LinkStates::new(), &facts_v6_on_wan2());
+}
+
+/// With isp2 down, IPv6 has no link in service: each policy's fallback, for IPv6 only.
+#[test]
+fn golden_ipv6_selection_with_the_only_v6_link_down() {
+    let states: LinkStates = [("isp2".to_string(), LinkState::Down)]
+        .into_iter()
+        .collect();
+    check_golden_with("ipv6", &states, &facts_v6_on_wan2());
+}
+
 /// Every golden config's nft ruleset is accepted by the kernel's nftables (`nft -c`
 /// checks it without installing anything; it runs in a namespace of its own anyway).
+/// Cgroups that golden configs name are created for the check (nft resolves them).
 #[test]
 fn golden_nft_text_loads() {
     let ns = netns_lab::Netns::new(netns_lab::unique_name("mwg", "nft-loads")).unwrap();
+    let cgroups = common::TestCgroup::new("golden-loads");
     let mut checked = 0;
+    let mut plans: Vec<(PathBuf, String)> = Vec::new();
     for entry in std::fs::read_dir(golden_dir()).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().and_then(|e| e.to_str()) != Some("toml") {
             continue;
         }
         let script = plan_file(&path, &LinkStates::new());
-        let nft = render::nft_section(&script).expect("plan has an nft section");
+        plans.push((path.clone(), script));
+        if path.file_stem().and_then(|s| s.to_str()) == Some("ipv6") {
+            plans.push((
+                path,
+                plan_file_with(&path_of("ipv6"), &LinkStates::new(), &facts_v6_on_wan2()),
+            ));
+        }
+    }
+    for (path, script) in plans {
+        let nft = cgroups.localize(render::nft_section(&script).expect("plan has an nft section"));
         let file = std::env::temp_dir().join(format!(
             "mw-golden-{}-{}.nft",
             std::process::id(),
             path.file_stem().unwrap().to_string_lossy()
         ));
-        std::fs::write(&file, nft).unwrap();
-        let out = ns
-            .command("nft")
+        std::fs::write(&file, &nft).unwrap();
+        let out = common::with_cgroup2(&ns, "nft")
             .args(["-c", "-f"])
             .arg(&file)
             .output()

@@ -107,7 +107,18 @@ impl Prober {
         }
     }
 
+    /// The next decided round (late reports, which decide nothing, are skipped).
     async fn next(&mut self) -> RoundReport {
+        loop {
+            let r = self.next_report().await;
+            if !r.late {
+                return r;
+            }
+        }
+    }
+
+    /// The next report, decided or late.
+    async fn next_report(&mut self) -> RoundReport {
         tokio::time::timeout(Duration::from_secs(10), self.reports.recv())
             .await
             .expect("no round reported within 10 s")
@@ -400,6 +411,44 @@ fn icmp_round_is_decided_as_soon_as_it_can_be() {
             }
             other => panic!("expected only an ICMP error for {s3}, got {other:?}"),
         }
+    });
+}
+
+/// A round decided early keeps its other probes: their outcomes follow in a late report
+/// of the same round, so loss counts every probe (one silent target of two is 50 %
+/// loss, not none).
+#[test]
+fn late_outcomes_follow_an_early_decision() {
+    let lab = Arc::new(
+        Lab::builder("probe-late")
+            .isps(1)
+            .servers(2)
+            .build()
+            .unwrap(),
+    );
+    let [s1, s2] = [lab.server(1), lab.server(2)];
+    lab.inet()
+        .nft(&filter_script(&format!(
+            "ip daddr {s2} icmp type echo-request drop"
+        )))
+        .unwrap();
+    let ep = endpoint(&lab, 1);
+    let probe = icmp(&[s1, s2]);
+    in_router(&lab, move |_lab| async move {
+        let mut p = Prober::start(check(probe, 500, 300), Some(ep));
+        let decided = p.next_report().await;
+        assert!(decided.good && !decided.late, "{decided:?}");
+        assert_eq!(decided.outcomes.len(), 1, "{decided:?}");
+        assert_eq!(decided.outcomes[0].0, s1.to_string());
+        let late = p.next_report().await;
+        assert!(late.late && late.good, "{late:?}");
+        assert_eq!(late.seq, decided.seq);
+        assert_eq!(late.outcomes, [(s2.to_string(), ProbeOutcome::Lost)]);
+        let at = late.started.elapsed();
+        assert!(at >= Duration::from_millis(290), "late report after {at:?}");
+        // The next round is decided on its own.
+        let next = p.next_report().await;
+        assert!(!next.late && next.seq == decided.seq + 1, "{next:?}");
     });
 }
 

@@ -354,7 +354,10 @@ fn apply_is_idempotent_reconfigures_minimally_coexists_and_flushes() {
 
     // Edited: isp3 removed, isp2's weight changed. isp1's objects stay untouched.
     let _srv = h.lab.whoami_tcp(PORT).unwrap();
-    tcp_whoami(h.lab.lan(), server(1), PORT, None, T).unwrap();
+    // Enough connections that isp1 (3 of 4) certainly counts some.
+    for _ in 0..20 {
+        tcp_whoami(h.lab.lan(), server(1), PORT, None, T).unwrap();
+    }
     let counters_before = h.router_sh(&format!("nft list counters table inet {}", h.nft_table));
     h.write_config(
         "table_names = true",

@@ -84,13 +84,18 @@ struct Demo {
 impl Drop for Demo {
     fn drop(&mut self) {
         self.traffic.take();
-        if let Some(d) = self.daemon.take() {
+        if let Some(mut d) = self.daemon.take() {
+            // SIGTERM first, so the daemon removes its socket; SIGKILL if it hangs.
             d.signal(libc::SIGTERM);
-            drop(d);
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline && matches!(d.child().try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         let _ = self.multiwan(&["flush"]);
         let _ = std::fs::remove_file(&self.config);
         let _ = std::fs::remove_file(&self.log);
+        let _ = std::fs::remove_file(format!("/run/multiwan/{}.sock", self.nft_table));
         let _ = std::fs::remove_dir_all(format!("/var/lib/multiwan/{}", self.nft_table));
         let _ = std::fs::remove_file(format!("/etc/iproute2/rt_tables.d/{}.conf", self.nft_table));
     }
@@ -160,9 +165,13 @@ impl Demo {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// The daemon's live status, over its control socket (a Unix socket is a file:
+    /// reachable from outside the router's network namespace).
     fn status(&self) -> Option<Status> {
-        let path = format!("/var/lib/multiwan/{}/status.json", self.nft_table);
-        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+        let socket = PathBuf::from(format!("/run/multiwan/{}.sock", self.nft_table));
+        crate::control::client::request(&socket, &crate::control::ClientRequest::Status)
+            .ok()?
+            .status
     }
 
     fn state(&self, link: &str) -> String {

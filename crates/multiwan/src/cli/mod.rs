@@ -5,10 +5,11 @@
 
 mod apply;
 mod check;
+mod client;
 mod demo;
 mod plan;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
@@ -36,6 +37,29 @@ struct ConfigArg {
     config: PathBuf,
 }
 
+/// Where a client command finds the daemon.
+#[derive(Debug, clap::Args)]
+struct SocketArgs {
+    /// Configuration file; only tells where the daemon's control socket is
+    /// (settings.socket) [default: /etc/multiwan/multiwan.toml]
+    #[arg(
+        short = 'c',
+        long = "config",
+        value_name = "FILE",
+        conflicts_with = "socket"
+    )]
+    config: Option<PathBuf>,
+    /// The daemon's control socket.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+}
+
+impl SocketArgs {
+    fn path(&self) -> PathBuf {
+        client::socket(self.config.as_deref(), self.socket.as_deref())
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Validate the configuration; exit 0, or 2 with the errors.
@@ -54,6 +78,34 @@ enum Command {
     Flush(ConfigArg),
     /// The daemon, in the foreground (systemd Type=notify).
     Run(ConfigArg),
+    /// The running daemon's view of every link: a table, or one JSON object.
+    Status {
+        #[command(flatten)]
+        at: SocketArgs,
+        /// One JSON object (SPEC §4) instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A line per link state change, until interrupted.
+    Events {
+        #[command(flatten)]
+        at: SocketArgs,
+        /// JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the daemon re-read the config file it was started with.
+    Reload(SocketArgs),
+    /// Operator override of a link: up (force in service), down (take out), auto.
+    Link {
+        /// The link's name in the config.
+        link: String,
+        /// up | down | auto
+        #[arg(value_enum)]
+        action: crate::control::LinkAction,
+        #[command(flatten)]
+        at: SocketArgs,
+    },
     /// A sandbox of network namespaces with three uplinks, narrated.
     Demo,
 }
@@ -70,6 +122,12 @@ pub enum Failure {
     /// Exit 1: something failed at run time.
     #[error("{0:#}")]
     Runtime(#[from] anyhow::Error),
+    /// Exit 3: no daemon answers on the control socket.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The daemon refused a request; `code` is the exit code it asks for.
+    #[error("{message}")]
+    Refused { code: i32, message: String },
 }
 
 impl Failure {
@@ -77,6 +135,8 @@ impl Failure {
         match self {
             Failure::Config(_) | Failure::Usage(_) => 2,
             Failure::Runtime(_) => 1,
+            Failure::Unreachable(_) => 3,
+            Failure::Refused { code, .. } => *code,
         }
     }
 }
@@ -106,6 +166,10 @@ pub fn main() -> i32 {
         Command::Apply(c) => apply::apply(&c.config),
         Command::Flush(c) => apply::flush(&c.config),
         Command::Run(c) => run(&c.config),
+        Command::Status { at, json } => client::status(&at.path(), json),
+        Command::Events { at, json } => client::events(&at.path(), json),
+        Command::Reload(at) => client::reload(&at.path()),
+        Command::Link { link, action, at } => client::link(&at.path(), &link, action),
         Command::Demo => demo::run(),
     };
     match result {
@@ -127,11 +191,15 @@ fn command_name(c: &Command) -> &'static str {
         Command::Apply(_) => "apply",
         Command::Flush(_) => "flush",
         Command::Run(_) => "run",
+        Command::Status { .. } => "status",
+        Command::Events { .. } => "events",
+        Command::Reload(_) => "reload",
+        Command::Link { .. } => "link",
         Command::Demo => "demo",
     }
 }
 
-fn run(config: &std::path::Path) -> CliResult {
+fn run(config: &Path) -> CliResult {
     // Config errors exit 2 before anything starts.
     crate::config::load(config)?;
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -1501,6 +1501,27 @@ impl<'t> Ctx<'_, 't> {
             }
             self.lenient = false;
         }
+        if complete {
+            // Router-local rules share ip rule priorities where their order cannot
+            // matter; a chain of overlapping rules with different targets needs one
+            // priority per link of the chain, and there are only so many.
+            let levels = crate::plan::rules::local_priorities(&rules);
+            let max = crate::plan::rules::LOCAL_PRIORITIES;
+            if let Some(i) = levels.iter().position(|l| l.is_some_and(|l| l >= max)) {
+                self.error(
+                    items[i].span(),
+                    &format!("rules[{}]", i + 1),
+                    format!(
+                        "too many rules before this one could match the same router-local \
+                         connection and send it elsewhere: it would need ip rule priority \
+                         level {} of the {max} there are; merge rules that go to the same \
+                         policy",
+                        levels[i].unwrap_or(0) + 1
+                    ),
+                );
+                return None;
+            }
+        }
         complete.then_some(rules)
     }
 

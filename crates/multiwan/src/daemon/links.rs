@@ -2,6 +2,7 @@
 //! prober sends from (re-derived from the facts whenever they change, so a DHCP renew
 //! or a PPP reconnect with a new ifindex is picked up without a restart).
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::time::Instant;
 
@@ -11,7 +12,7 @@ use crate::config::{Gateway, Link, Settings};
 use crate::health::{InterfaceStatus, LinkHealth, Round, Transition};
 use crate::plan::marks::MarkLayout;
 use crate::plan::{Facts, LinkState};
-use crate::probe::{self, ProbeEndpoint, ProbeOutcome, RoundReport};
+use crate::probe::{self, ProbeEndpoint, RoundReport};
 
 pub(super) struct LinkRuntime {
     pub link: Link,
@@ -19,6 +20,9 @@ pub(super) struct LinkRuntime {
     pub health: LinkHealth,
     endpoint: watch::Sender<Option<ProbeEndpoint>>,
     prober: Option<tokio::task::JoinHandle<()>>,
+    /// Round numbers of the decided rounds given to the health machine, newest last
+    /// (as many as its window holds), to place late outcomes in their round.
+    decided: VecDeque<u64>,
 }
 
 impl Drop for LinkRuntime {
@@ -54,6 +58,7 @@ impl LinkRuntime {
             health,
             endpoint,
             prober,
+            decided: VecDeque::new(),
         }
     }
 
@@ -75,14 +80,33 @@ impl LinkRuntime {
                 has_gateway: match self.link.gateway {
                     Gateway::Auto => {
                         f.default_gateway4.is_some()
-                            || (self.link.gateway6 != Gateway::None
-                                && f.default_gateway6.is_some())
+                            || (self.link.gateway6 != Gateway::None && f.default_gateway6.is_some())
                     }
                     Gateway::Static(_) | Gateway::None => true,
                 },
             },
         };
         self.health.on_interface(now, status)
+    }
+
+    /// Whether the kernel may have deleted routes of this link's table by itself between
+    /// the facts `old` and `new`. It flushes every route through an interface, without a
+    /// netlink notification, when the interface goes down, loses its last IPv4 address
+    /// or is re-created; a burst of events read as one (an address replaced by one
+    /// `ip -batch`, a PPP reconnect) can hide that moment, so any removed address, a new
+    /// ifindex or a change of the admin state counts. Carrier alone does not: routes
+    /// then stay, flagged `linkdown`.
+    pub fn routes_may_be_gone(&self, old: &Facts, new: &Facts) -> bool {
+        let name = &self.link.interface;
+        match (old.interfaces.get(name), new.interfaces.get(name)) {
+            (Some(o), Some(n)) => {
+                o.ifindex != n.ifindex
+                    || o.admin_up != n.admin_up
+                    || o.addresses.iter().any(|a| !n.addresses.contains(a))
+            }
+            (None, Some(_)) => true,
+            (_, None) => false,
+        }
     }
 
     pub fn update_endpoint(&mut self, facts: &Facts) {
@@ -97,35 +121,67 @@ impl LinkRuntime {
         });
     }
 
+    /// A reload changed the link's health check: the prober starts over with the new
+    /// check (from the same endpoint); the health machine keeps its state, counters and
+    /// damping ([`LinkHealth::set_check`]).
+    pub fn set_check(
+        &mut self,
+        now: Instant,
+        check: Option<crate::config::Check>,
+        reports: mpsc::Sender<RoundReport>,
+    ) -> Option<Transition> {
+        if let Some(p) = self.prober.take() {
+            p.abort();
+        }
+        self.decided.clear();
+        self.prober = check.clone().map(|c| {
+            if let Err(e) = probe::check_supported(&c) {
+                eprintln!("multiwan: link {}: {e}", self.link.name);
+            }
+            probe::spawn_link_prober(
+                self.link.name.clone(),
+                c,
+                self.endpoint.subscribe(),
+                reports,
+            )
+        });
+        self.link.check = check.clone();
+        self.health.set_check(now, check)
+    }
+
     pub fn on_round(&mut self, now: Instant, report: &RoundReport) -> Option<Transition> {
-        let rtts: Vec<_> = report
-            .outcomes
-            .iter()
-            .filter_map(|(_, o)| match o {
-                ProbeOutcome::Answered(rtt) => Some(*rtt),
-                _ => None,
-            })
-            .collect();
-        let round = Round {
-            answered: rtts.len() as u32,
-            sent: report.outcomes.len() as u32,
-            rtts,
-            good: report.good,
-            per_target: report
-                .outcomes
-                .iter()
-                .map(|(t, o)| {
-                    (
-                        t.clone(),
-                        match o {
-                            ProbeOutcome::Answered(rtt) => Some(*rtt),
-                            _ => None,
-                        },
-                    )
-                })
-                .collect(),
-        };
+        let round = to_round(report);
+        if report.late {
+            // Loss and RTT of a round decided earlier; nothing to decide.
+            if let Some(pos) = self.decided.iter().rposition(|s| *s == report.seq) {
+                let rounds_ago = self.decided.len() - 1 - pos;
+                self.health.on_late_outcomes(rounds_ago, &round);
+            }
+            return None;
+        }
+        let keep = self.link.check.as_ref().map_or(0, |c| c.window as usize);
+        self.decided.push_back(report.seq);
+        while self.decided.len() > keep.max(1) {
+            self.decided.pop_front();
+        }
         self.health.on_round(now, &round)
+    }
+}
+
+/// A prober's report as the health machine takes it.
+fn to_round(report: &RoundReport) -> Round {
+    let per_target: Vec<(String, Option<std::time::Duration>)> = report
+        .outcomes
+        .iter()
+        .map(|(t, o)| (t.clone(), o.rtt()))
+        .collect();
+    let rtts: Vec<_> = per_target.iter().filter_map(|(_, r)| *r).collect();
+    Round {
+        answered: rtts.len() as u32,
+        sent: report.outcomes.len() as u32,
+        rtts,
+        good: report.good,
+        per_target,
     }
 }
 

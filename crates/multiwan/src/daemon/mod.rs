@@ -8,6 +8,7 @@
 
 mod links;
 pub mod notify;
+mod operate;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::config::{self, Config, OnExit};
+use crate::control::hooks::Hooks;
+use crate::control::metrics::Metrics;
+use crate::control::{self as control, Request};
 use crate::health::Transition;
 use crate::kernel::{Kernel, Ownership};
 use crate::plan::{self, Desired, Facts, LinkState, LinkStates, PlanInput};
@@ -30,8 +34,9 @@ use links::LinkRuntime;
 /// How often the daemon reads back everything it owns and repairs drift.
 const VERIFY_EVERY: Duration = Duration::from_secs(300);
 
-/// A state change as `multiwan events` shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+/// A state change as `multiwan events` shows it. `from` is `none` for a link that a
+/// reload added.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Event {
     pub time: String,
     pub link: String,
@@ -55,12 +60,27 @@ pub struct Daemon {
     events: broadcast::Sender<Event>,
     /// Wall-clock and monotonic time at start, to print `since` as RFC 3339.
     epoch: (Instant, SystemTime),
+    /// Where the control socket and the metrics listener send their requests.
+    requests: mpsc::Sender<Request>,
+    metrics: Metrics,
+    metrics_server: Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>,
+    hooks: Hooks,
+    /// [`Daemon::status_fingerprint`] of the last `status.json` written.
+    status_written: std::sync::atomic::AtomicU64,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config_path: &Path) -> Result<()> {
     let config = config::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     crate::preflight::check_forwarding(&config)?;
+    // Before anything is touched: a second daemon on the same instance stops here.
+    let socket = control::server::bind(&config.settings.socket)?;
+    let (requests, mut requests_rx) = mpsc::channel(64);
+    // Handled from here on (a SIGHUP during start would otherwise end the process);
+    // served once the loop runs.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let kernel = Kernel::new().context("opening netlink")?;
     let state_dir = StateDir::new(&config.settings.state_dir);
     let seed = state_dir.seed()?;
@@ -90,15 +110,20 @@ pub async fn run(config_path: &Path) -> Result<()> {
         reports_tx,
         events,
         epoch: (Instant::now(), SystemTime::now()),
+        requests: requests.clone(),
+        metrics: Metrics::default(),
+        metrics_server: None,
+        hooks: Hooks::default(),
+        status_written: Default::default(),
     };
     daemon.start_links();
     daemon.reconcile("start").await?;
+    daemon.initial_hooks();
+    tokio::spawn(control::server::serve(socket, requests));
+    daemon.start_metrics().await;
     notify::ready(&daemon.summary());
     eprintln!("multiwan: running ({})", daemon.summary());
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
     let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
     let mut verify =
         tokio::time::interval_at(tokio::time::Instant::now() + VERIFY_EVERY, VERIFY_EVERY);
@@ -134,8 +159,9 @@ pub async fn run(config_path: &Path) -> Result<()> {
                     eprintln!("multiwan: {e:#}");
                 }
             }
+            Some(request) = requests_rx.recv() => daemon.on_request(request).await,
             _ = sighup.recv() => {
-                eprintln!("multiwan: SIGHUP: reload is not supported yet; restart to apply a new config");
+                let _ = daemon.reload("SIGHUP").await;
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -198,6 +224,9 @@ impl Daemon {
 
     fn on_round(&mut self, report: RoundReport) -> Vec<Transition> {
         let now = Instant::now();
+        if self.links.contains_key(&report.link) {
+            self.metrics.round(&report);
+        }
         match self.links.get_mut(&report.link) {
             Some(l) => l.on_round(now, &report).into_iter().collect(),
             None => Vec::new(),
@@ -214,6 +243,16 @@ impl Daemon {
         };
         if facts == self.facts {
             return; // our own route changes, or nothing that matters
+        }
+        // The kernel drops the routes through an interface on its own, silently (an
+        // address removed, the interface down or re-created): read back and repair.
+        if self
+            .links
+            .values()
+            .any(|l| l.routes_may_be_gone(&self.facts, &facts))
+        {
+            self.verify_next = true;
+            self.installed = None;
         }
         self.facts = facts;
         let transitions = self.observe_interfaces(Instant::now());
@@ -254,6 +293,7 @@ impl Daemon {
             Some(previous) => self.kernel.apply_after(previous, &desired).await,
             None => self.kernel.apply(&desired).await,
         };
+        self.metrics.apply_took(started.elapsed());
         let report = result.context("applying the new plan (the previous state stays in force)")?;
         self.verify_next = false;
         if report.changed {
@@ -276,6 +316,7 @@ impl Daemon {
     /// once), then conntrack flushes of links that went down.
     async fn act(&mut self, transitions: Vec<Transition>) {
         if transitions.is_empty() {
+            self.refresh_status();
             return;
         }
         for t in &transitions {
@@ -284,13 +325,23 @@ impl Daemon {
         if let Err(e) = self.reconcile("link state changed").await {
             eprintln!("multiwan: {e:#}");
         }
+        self.after_apply(&transitions);
+    }
+
+    /// What transitions ask for once the plan is applied: conntrack flushes, hooks.
+    fn after_apply(&mut self, transitions: &[Transition]) {
         let mask = self.config.settings.mark_mask;
-        for t in &transitions {
+        for t in transitions {
             let Some(rt) = self.links.get(&t.link) else {
                 continue;
             };
-            let went_down =
-                t.to == LinkState::Down && matches!(t.from, LinkState::Up | LinkState::Degraded);
+            // From `disabled` too: connections kept through an operator's `down` are
+            // on a dead link once `auto` finds it down.
+            let went_down = t.to == LinkState::Down
+                && matches!(
+                    t.from,
+                    LinkState::Up | LinkState::Degraded | LinkState::Disabled
+                );
             if went_down && rt.link.flush_on_down {
                 self.flush_connections(&t.link, rt.mark, mask);
             }
@@ -308,6 +359,7 @@ impl Daemon {
                 }
             }
         }
+        self.transition_hooks(transitions);
     }
 
     fn flush_connections(&self, link: &str, mark: u32, mask: u32) {
@@ -317,7 +369,8 @@ impl Daemon {
         }
     }
 
-    fn log_transition(&self, t: &Transition) {
+    fn log_transition(&mut self, t: &Transition) {
+        self.metrics.transition(&t.link, t.to);
         eprintln!(
             "multiwan: link {}: {} -> {} ({})",
             t.link, t.from, t.to, t.reason
@@ -444,7 +497,38 @@ impl Daemon {
                 eprintln!("multiwan: writing status: {e:#}");
             }
         }
+        self.status_written.store(
+            self.status_fingerprint(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         notify::status(&self.summary());
+    }
+
+    /// Rewrites `status.json` when what it says about the links changed without a
+    /// transition: a damping hold that a flap pushed further out or that ended, a new
+    /// reason ("held down by flap damping"). Not for RTT and loss, which change every
+    /// round (`multiwan status` asks the daemon for those).
+    fn refresh_status(&self) {
+        let written = self
+            .status_written
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if self.status_fingerprint() != written {
+            self.write_status();
+        }
+    }
+
+    /// A hash of each link's state, reason, hold and override.
+    fn status_fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for (name, l) in &self.links {
+            name.hash(&mut h);
+            l.health.state().to_string().hash(&mut h);
+            l.health.reason().hash(&mut h);
+            l.health.damped_until().hash(&mut h);
+            l.health.operator_override().hash(&mut h);
+        }
+        h.finish()
     }
 
     /// SIGTERM: keep the installed state (default) or flush it.

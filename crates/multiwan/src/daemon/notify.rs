@@ -29,6 +29,19 @@ pub fn ready(summary: &str) {
     send(&format!("READY=1\nSTATUS={summary}"));
 }
 
+/// A reload starts (`systemctl reload` shows the unit "reloading" until [`ready`]).
+/// `MONOTONIC_USEC` is what `Type=notify-reload` requires; plain `notify` accepts it.
+pub fn reloading() {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let usec = ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000;
+    send(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
+}
+
 pub fn status(summary: &str) {
     send(&format!("STATUS={summary}"));
 }

@@ -25,12 +25,14 @@
 //!   answered): `up`/`degraded` → `down`. While `down`, `up_after` consecutive good
 //!   rounds bring it back, unless damping holds it.
 //! - **Degraded.** Over the last `window` rounds, loss = lost probes / sent probes and
-//!   RTT = mean of the answered probes. Loss above `max_loss` or RTT above `max_rtt`
-//!   (each when non-zero): `up` → `degraded`. It clears back to `up` after `up_after`
-//!   consecutive good rounds with loss <= `max_loss` / 2 and RTT <= 0.8 × `max_rtt`
-//!   (hysteresis, so a link hovering at the limit does not flip every round). Nothing is
-//!   judged before the window holds [`MIN_JUDGED_ROUNDS`] rounds (or `window`, if
-//!   smaller): one lost probe in the first round is not "50 % loss".
+//!   RTT = mean of the answered probes, every probe counted (also those that concluded
+//!   after the prober had decided their round: [`LinkHealth::on_late_outcomes`]). Loss
+//!   above `max_loss` or RTT above `max_rtt` (each when non-zero): `up` → `degraded`.
+//!   It clears back to `up` after `up_after` consecutive good rounds with loss <=
+//!   `max_loss` / 2 and RTT <= 0.8 × `max_rtt` (hysteresis, so a link hovering at the
+//!   limit does not flip every round). Nothing is judged before the window holds
+//!   [`MIN_JUDGED_ROUNDS`] rounds (or `window`, if smaller): one lost probe in the
+//!   first round is not "50 % loss".
 //! - **Coming back from down.** The window is cut to the good rounds that brought the link
 //!   back, so the outage itself does not count as loss afterwards; when those rounds
 //!   already show degradation, the link comes back `degraded` rather than `up` for a
@@ -321,6 +323,16 @@ impl LinkHealth {
             LinkState::Waiting | LinkState::Disabled => {}
         }
         self.emit(now, self.auto_reason.clone())
+    }
+
+    /// The late outcomes of a round already given to [`on_round`](Self::on_round)
+    /// (`rounds_ago` rounds ago; 0: the last one): probes that were still in flight
+    /// when the prober decided the round. They count in loss and RTT (judged at the
+    /// next round) and decide nothing.
+    pub fn on_late_outcomes(&mut self, rounds_ago: usize, late: &Round) {
+        if self.check.is_some() {
+            self.window.amend(rounds_ago, late);
+        }
     }
 
     /// Netlink reported the interface (at start, and on every change).

@@ -59,6 +59,21 @@ impl Window {
         });
     }
 
+    /// Adds the late outcomes of a round already pushed (`rounds_ago` = how many rounds
+    /// were pushed after it: 0 is the newest) to that round's sample; nothing when it has
+    /// slid out of the window.
+    pub(crate) fn amend(&mut self, rounds_ago: usize, late: &Round) {
+        let Some(index) = self.samples.len().checked_sub(rounds_ago + 1) else {
+            return;
+        };
+        let sample = &mut self.samples[index];
+        sample.sent += late.sent;
+        sample.answered += late.answered;
+        sample.rtt_sum_ms += late.rtts.iter().map(|d| ms(*d)).sum::<f64>();
+        sample.rtt_count += u32::try_from(late.rtts.len()).unwrap_or(u32::MAX);
+        sample.per_target.extend(late.per_target.iter().cloned());
+    }
+
     /// Forgets all but the newest `n` rounds.
     pub(crate) fn keep_last(&mut self, n: usize) {
         while self.samples.len() > n {
@@ -194,6 +209,23 @@ mod tests {
         w.set_capacity(0);
         w.push(&round(&[Some(1)]));
         assert_eq!(w.len(), 0);
+    }
+
+    #[test]
+    fn late_outcomes_amend_their_round() {
+        let mut w = Window::new(3);
+        w.push(&round(&[Some(10)]));
+        w.push(&round(&[Some(20)]));
+        // The first round's second target was lost after the round was decided.
+        w.amend(1, &round(&[None]));
+        assert_eq!(w.loss_pct(), Some(100.0 / 3.0));
+        // A late answer of the newest round counts in the RTT.
+        w.amend(0, &round(&[Some(60)]));
+        assert_eq!(w.loss_pct(), Some(25.0));
+        assert_eq!(w.rtt_ms(), Some(30.0));
+        // Slid out: ignored.
+        w.amend(5, &round(&[None]));
+        assert_eq!(w.loss_pct(), Some(25.0));
     }
 
     #[test]

@@ -280,8 +280,10 @@ impl Kernel {
             .collect();
         let rule_changes = rules::diff(&current_rules, &desired.rules);
 
-        let batch = (installed.nft.digest.as_deref() != Some(desired.nft.digest.as_str()))
-            .then(|| nft::to_batch(&desired.nft, &installed.nft));
+        // Rules matching cgroups that do not exist now cannot be loaded (nft::with_live_cgroups).
+        let (nft_table, nft_notes) = nft::with_live_cgroups(&desired.nft);
+        let batch = (installed.nft.digest.as_deref() != Some(nft_table.digest.as_str()))
+            .then(|| nft::to_batch(&nft_table, &installed.nft));
         if let Some(batch) = batch.as_ref().filter(|_| check_nft) {
             nft::check(batch)?;
         }
@@ -339,8 +341,11 @@ impl Kernel {
                 "nft table inet {} written (digest {} -> {})",
                 desired.nft.name,
                 installed.nft.digest.as_deref().unwrap_or("none"),
-                desired.nft.digest
+                nft_table.digest
             ));
+            for note in nft_notes {
+                report.push(note);
+            }
         }
 
         // 5. stale rules, then 6. stale routes: by the messages the kernel dumped.

@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use nftables::batch::Batch;
 use nftables::expr::{
     self, BinaryOperation, Expression, Fib, FibFlag, FibResult, JHash, Meta, MetaKey,
-    NamedExpression, NgMode, Numgen, Payload, PayloadField, Prefix, Range, SetItem, TcpOption, CT,
-    RT,
+    NamedExpression, NgMode, Numgen, Payload, PayloadField, Prefix, Range, SetItem, Socket,
+    SocketAttr, TcpOption, CT, RT,
 };
 use nftables::helper::{self, NftablesError, DEFAULT_NFT};
 use nftables::schema::{
@@ -25,6 +25,7 @@ use nftables::stmt::{
 };
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook, RejectCode};
 use serde_json::Value;
+use sha2::Digest;
 
 use super::error::{KernelError, Result};
 use crate::plan::nft::{
@@ -205,9 +206,9 @@ pub fn validate(table: &NftTable) -> Result<()> {
                     Action::CtMarkVmap { entries, .. } => {
                         entries.iter().map(|(_, v)| v).collect::<Vec<_>>()
                     }
-                    Action::IifnameVmap(e) | Action::OifnameVmap(e) => {
-                        e.iter().map(|(_, v)| v).collect()
-                    }
+                    Action::IifnameVmap(e)
+                    | Action::OifnameVmap(e)
+                    | Action::DaddrVmap { entries: e, .. } => e.iter().map(|(_, v)| v).collect(),
                     Action::NumgenVmap { entries, .. } | Action::JhashVmap { entries, .. } => {
                         entries.iter().map(|(_, v)| v).collect()
                     }
@@ -216,6 +217,17 @@ pub fn validate(table: &NftTable) -> Result<()> {
                 if in_map.contains(&&Verdict::RejectHostUnreachable) {
                     return Err(invalid(format!(
                         "chain `{}`: reject inside a verdict map",
+                        c.name
+                    )));
+                }
+                // The nftables crate writes these as bare strings, which nft 1.0.6's
+                // JSON parser refuses inside a map ("symbolic verdict expressions").
+                if in_map
+                    .iter()
+                    .any(|v| matches!(v, Verdict::Accept | Verdict::Drop | Verdict::Return))
+                {
+                    return Err(invalid(format!(
+                        "chain `{}`: accept, drop or return inside a verdict map",
                         c.name
                     )));
                 }
@@ -408,6 +420,11 @@ fn match_stmt(m: &Match) -> Statement<'static> {
             op(*cmp),
             Expression::Number(*value),
         ),
+        Match::MetaMark { mask, cmp, value } => matches(
+            and(meta(MetaKey::Mark), Expression::Number(*mask)),
+            op(*cmp),
+            Expression::Number(*value),
+        ),
         Match::CtStateNew(cmp) => matches(
             Expression::Named(NamedExpression::CT(CT {
                 key: s("state"),
@@ -489,6 +506,17 @@ fn match_stmt(m: &Match) -> Statement<'static> {
             ),
             Operator::EQ,
             Expression::String(s("syn")),
+        ),
+        Match::SkUid(uid) => matches(meta(MetaKey::Skuid), Operator::EQ, Expression::Number(*uid)),
+        // nft 1.0.6 parses neither `cgroupv2` nor its `level` in JSON: a table that has
+        // this match is sent as text (see [`to_batch`]), so this rendering is never
+        // loaded; it exists to keep the JSON renderer total.
+        Match::SocketCgroupv2 { path, .. } => matches(
+            Expression::Named(NamedExpression::Socket(Socket {
+                key: Cow::Owned(SocketAttr::Cgroupv2),
+            })),
+            Operator::EQ,
+            Expression::String(s(path)),
         ),
     }
 }
@@ -601,6 +629,13 @@ fn action_stmt(a: &Action) -> Statement<'static> {
                 .map(|(n, verdict)| (Expression::String(s(n)), verdict_expr(verdict)))
                 .collect(),
         ),
+        Action::DaddrVmap { version, entries } => vmap(
+            payload(ip_proto(*version), "daddr"),
+            entries
+                .iter()
+                .map(|(net, verdict)| (net_text_expr(net), verdict_expr(verdict)))
+                .collect(),
+        ),
         Action::NumgenVmap { modulus, entries } => vmap(
             Expression::Named(NamedExpression::Numgen(Numgen {
                 mode: NgMode::Random,
@@ -661,6 +696,36 @@ fn rule_obj(table: &str, chain: &str, r: &NftRule) -> schema::Rule<'static> {
     }
 }
 
+/// One kernel transaction, as JSON (the normal case) or as `nft -f` text: nft 1.0.6's
+/// JSON parser knows neither `socket cgroupv2` nor its `level`, so a table that
+/// matches cgroups is sent as text, made by the same renderer as `multiwan plan`.
+#[derive(Debug, Clone)]
+pub enum NftBatch {
+    Json(Nftables<'static>),
+    Text(String),
+}
+
+impl NftBatch {
+    /// The JSON form, if this batch is JSON.
+    pub fn json(&self) -> Option<&Nftables<'static>> {
+        match self {
+            NftBatch::Json(j) => Some(j),
+            NftBatch::Text(_) => None,
+        }
+    }
+}
+
+/// Whether `table` uses an expression the JSON path cannot carry (see [`NftBatch`]).
+pub fn needs_text(table: &NftTable) -> bool {
+    table.chains.iter().any(|c| {
+        c.rules.iter().any(|r| {
+            r.matches
+                .iter()
+                .any(|m| matches!(m, Match::SocketCgroupv2 { .. }))
+        })
+    })
+}
+
 /// The batch that turns what `existing` says is installed into `table`. Pure: the
 /// caller decides whether to send it (not at all when the digests match).
 ///
@@ -669,41 +734,165 @@ fn rule_obj(table: &str, chain: &str, r: &NftRule) -> schema::Rule<'static> {
 /// values, sets keep their elements); delete what is not desired any more or changed
 /// shape (a base chain with another hook, a set of another type); empty the sets that
 /// stay; create what is missing; fill sets; add every rule; store the digest.
-pub fn to_batch(table: &NftTable, existing: &Existing) -> Nftables<'static> {
-    let t = table.name.as_str();
-    let mut b = Batch::new();
-    b.add(NfListObject::Table(table_obj(t)));
-    b.add_cmd(NfCmd::Flush(FlushObject::Table(table_obj(t))));
+pub fn to_batch(table: &NftTable, existing: &Existing) -> NftBatch {
+    if needs_text(table) {
+        NftBatch::Text(to_text_batch(table, existing))
+    } else {
+        NftBatch::Json(to_json_batch(table, existing))
+    }
+}
 
+/// What `existing` holds that `table` does not want as it is.
+struct Stale<'a> {
+    delete_chains: Vec<&'a str>,
+    /// Same name and shape: emptied, then refilled.
+    flush_sets: Vec<&'a str>,
+    delete_sets: Vec<&'a str>,
+    delete_maps: Vec<&'a str>,
+    delete_counters: Vec<&'a str>,
+    /// Counters `table` wants that are missing (present ones are never re-added, so
+    /// they keep their counts).
+    add_counters: Vec<&'a str>,
+}
+
+fn stale<'a>(table: &'a NftTable, existing: &'a Existing) -> Stale<'a> {
     let desired_chains: BTreeMap<&str, &NftChain> =
         table.chains.iter().map(|c| (c.name.as_str(), c)).collect();
-    for (name, hook) in &existing.chains {
-        let keep = name == PLAN_CHAIN
-            || desired_chains
-                .get(name.as_str())
-                .is_some_and(|c| c.hook == *hook);
-        if !keep {
-            b.delete(NfListObject::Chain(chain_obj(t, name, None)));
-        }
-    }
+    let delete_chains = existing
+        .chains
+        .iter()
+        .filter(|(name, hook)| {
+            *name != PLAN_CHAIN
+                && !desired_chains
+                    .get(name.as_str())
+                    .is_some_and(|c| c.hook == **hook)
+        })
+        .map(|(name, _)| name.as_str())
+        .collect();
     let desired_sets: BTreeMap<&str, &SetElements> = table
         .sets
         .iter()
         .map(|x| (x.name.as_str(), &x.elements))
         .collect();
+    let (mut flush_sets, mut delete_sets) = (Vec::new(), Vec::new());
     for (name, shape) in &existing.sets {
         let same = desired_sets
             .get(name.as_str())
             .is_some_and(|e| set_shape(e) == *shape);
         if same {
-            b.add_cmd(NfCmd::Flush(FlushObject::Set(Box::new(set_obj(
-                t, name, None,
-            )))));
+            flush_sets.push(name.as_str());
         } else {
-            b.delete(NfListObject::Set(Box::new(set_obj(t, name, None))));
+            delete_sets.push(name.as_str());
         }
     }
-    for name in &existing.maps {
+    let desired_counters: BTreeSet<&str> = table.counters.iter().map(String::as_str).collect();
+    Stale {
+        delete_chains,
+        flush_sets,
+        delete_sets,
+        delete_maps: existing.maps.iter().map(String::as_str).collect(),
+        delete_counters: existing
+            .counters
+            .keys()
+            .filter(|n| !desired_counters.contains(n.as_str()))
+            .map(String::as_str)
+            .collect(),
+        add_counters: table
+            .counters
+            .iter()
+            .filter(|n| !existing.counters.contains_key(*n))
+            .map(String::as_str)
+            .collect(),
+    }
+}
+
+/// [`to_batch`] as `nft -f` text: the same commands in the same order, rules written
+/// by `render::nft_text` (the renderer of `multiwan plan`).
+pub fn to_text_batch(table: &NftTable, existing: &Existing) -> String {
+    use crate::render::nft_text;
+    use std::fmt::Write;
+    let t = format!("inet {}", table.name);
+    let st = stale(table, existing);
+    let mut out = String::new();
+    let _ = writeln!(out, "add table {t}");
+    let _ = writeln!(out, "flush table {t}");
+    for c in &st.delete_chains {
+        let _ = writeln!(out, "delete chain {t} {c}");
+    }
+    for x in &st.flush_sets {
+        let _ = writeln!(out, "flush set {t} {x}");
+    }
+    for x in &st.delete_sets {
+        let _ = writeln!(out, "delete set {t} {x}");
+    }
+    for m in &st.delete_maps {
+        let _ = writeln!(out, "delete map {t} {m}");
+    }
+    for c in &st.delete_counters {
+        let _ = writeln!(out, "delete counter {t} {c}");
+    }
+    for c in &st.add_counters {
+        let _ = writeln!(out, "add counter {t} {c}");
+    }
+    for x in &table.sets {
+        let (ty, elems) = nft_text::set_parts(&x.elements);
+        let _ = writeln!(
+            out,
+            "add set {t} {} {{ type {ty}; flags interval; }}",
+            x.name
+        );
+        if !elems.is_empty() {
+            let _ = writeln!(out, "add element {t} {} {{ {} }}", x.name, elems.join(", "));
+        }
+    }
+    for c in &table.chains {
+        match &c.hook {
+            Some(b) => {
+                let _ = writeln!(
+                    out,
+                    "add chain {t} {} {{ {} }}",
+                    c.name,
+                    nft_text::base_chain_spec(b)
+                );
+            }
+            None => {
+                let _ = writeln!(out, "add chain {t} {}", c.name);
+            }
+        }
+    }
+    let _ = writeln!(out, "add chain {t} {PLAN_CHAIN}");
+    for c in &table.chains {
+        for r in &c.rules {
+            let _ = writeln!(out, "add rule {t} {} {}", c.name, nft_text::rule(r));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "add rule {t} {PLAN_CHAIN} return comment \"{}\"",
+        table.digest
+    );
+    out
+}
+
+/// [`to_batch`] as JSON.
+pub fn to_json_batch(table: &NftTable, existing: &Existing) -> Nftables<'static> {
+    let t = table.name.as_str();
+    let st = stale(table, existing);
+    let mut b = Batch::new();
+    b.add(NfListObject::Table(table_obj(t)));
+    b.add_cmd(NfCmd::Flush(FlushObject::Table(table_obj(t))));
+    for name in &st.delete_chains {
+        b.delete(NfListObject::Chain(chain_obj(t, name, None)));
+    }
+    for name in &st.flush_sets {
+        b.add_cmd(NfCmd::Flush(FlushObject::Set(Box::new(set_obj(
+            t, name, None,
+        )))));
+    }
+    for name in &st.delete_sets {
+        b.delete(NfListObject::Set(Box::new(set_obj(t, name, None))));
+    }
+    for name in &st.delete_maps {
         b.delete(NfListObject::Map(Box::new(schema::Map {
             family: family(),
             table: s(t),
@@ -711,18 +900,11 @@ pub fn to_batch(table: &NftTable, existing: &Existing) -> Nftables<'static> {
             ..Default::default()
         })));
     }
-    let desired_counters: BTreeSet<&str> = table.counters.iter().map(String::as_str).collect();
-    for name in existing.counters.keys() {
-        if !desired_counters.contains(name.as_str()) {
-            b.delete(NfListObject::Counter(counter_obj(t, name)));
-        }
+    for name in &st.delete_counters {
+        b.delete(NfListObject::Counter(counter_obj(t, name)));
     }
-
-    for name in &table.counters {
-        // Never re-added when present: the counter object, and its count, stay.
-        if !existing.counters.contains_key(name) {
-            b.add(NfListObject::Counter(counter_obj(t, name)));
-        }
+    for name in &st.add_counters {
+        b.add(NfListObject::Counter(counter_obj(t, name)));
     }
     for x in &table.sets {
         b.add(NfListObject::Set(Box::new(set_obj(
@@ -748,19 +930,58 @@ pub fn to_batch(table: &NftTable, existing: &Existing) -> Nftables<'static> {
 
 /// Runs the batch through `nft -c` (the kernel validates the whole transaction, then it
 /// is aborted): nothing changes.
-pub fn check(batch: &Nftables) -> Result<()> {
-    helper::apply_ruleset_with_args(batch, DEFAULT_NFT, ["-c"]).map_err(|e| {
-        KernelError::nft(
-            "the generated ruleset (check mode; a bug in multiwan, please report it)",
-            e,
-        )
-    })
+pub fn check(batch: &NftBatch) -> Result<()> {
+    let what = "the generated ruleset (check mode; a bug in multiwan, please report it)";
+    match batch {
+        NftBatch::Json(j) => helper::apply_ruleset_with_args(j, DEFAULT_NFT, ["-c"])
+            .map_err(|e| KernelError::nft(what, e)),
+        NftBatch::Text(t) => nft_text_stdin(t, &["-c"]).map_err(|e| KernelError::nft(what, e)),
+    }
 }
 
-/// Sends the batch: one `nft -j -f -`, one kernel transaction.
-pub fn send(batch: &Nftables, table: &str) -> Result<()> {
-    helper::apply_ruleset(batch)
-        .map_err(|e| KernelError::nft(format!("the ruleset for table inet {table}"), e))
+/// Sends the batch: one `nft -j -f -` (or `nft -f -`), one kernel transaction.
+pub fn send(batch: &NftBatch, table: &str) -> Result<()> {
+    let what = || format!("the ruleset for table inet {table}");
+    match batch {
+        NftBatch::Json(j) => helper::apply_ruleset(j).map_err(|e| KernelError::nft(what(), e)),
+        NftBatch::Text(t) => nft_text_stdin(t, &[]).map_err(|e| KernelError::nft(what(), e)),
+    }
+}
+
+/// `nft <args> -f -` with `text` on stdin.
+fn nft_text_stdin(text: &str, args: &[&str]) -> std::result::Result<(), NftablesError> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let nft = DEFAULT_NFT.unwrap_or("nft");
+    let program = std::ffi::OsString::from(nft);
+    let exec = |inner| NftablesError::NftExecution {
+        program: program.clone(),
+        inner,
+    };
+    let mut child = Command::new(nft)
+        .args(args)
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(exec)?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    // nft reads all of stdin before it answers, so writing first cannot deadlock.
+    let written = stdin.write_all(text.as_bytes());
+    drop(stdin);
+    let out = child.wait_with_output().map_err(exec)?;
+    written.map_err(exec)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NftablesError::NftFailed {
+            program,
+            hint: "applying the ruleset".into(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
 }
 
 /// Removes `table inet <name>` if it exists; returns whether it did.
@@ -780,6 +1001,74 @@ pub fn delete_table(name: &str) -> Result<bool> {
 /// Packets per named counter of `table inet <name>` (empty if the table is absent).
 pub fn read_counters(name: &str) -> Result<BTreeMap<String, u64>> {
     Ok(Existing::read(name)?.counters)
+}
+
+/// Where nft looks up the paths of `socket cgroupv2` matches.
+const CGROUP2_ROOT: &str = "/sys/fs/cgroup";
+/// `statfs` type of a cgroup v2 hierarchy.
+const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
+
+/// The id of cgroup v2 `path` (relative to /sys/fs/cgroup), if it exists there now.
+fn cgroup2_id(path: &str) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let full = std::path::Path::new(CGROUP2_ROOT).join(path);
+    let meta = std::fs::metadata(&full).ok()?;
+    let c = std::ffi::CString::new(full.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statfs with a NUL-terminated path and a zeroed buffer of the right type.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut fs) } != 0 {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast)]
+    let magic = fs.f_type as u64;
+    (meta.is_dir() && magic == CGROUP2_SUPER_MAGIC).then(|| meta.ino())
+}
+
+/// The table as it can be loaded now. nft turns a `socket cgroupv2` path into the
+/// cgroup's id when it loads the rule, and refuses the whole batch if the path does not
+/// exist; so rules naming a cgroup that does not exist now (a service that is not
+/// running, or no cgroup v2 hierarchy at /sys/fs/cgroup) are left out, with a note for
+/// each, and the ids of the cgroups that do exist are folded into the digest: a cgroup
+/// that appears, or comes back with a new id (a restarted service), makes the next
+/// apply rewrite the table. Tables without cgroup matches are returned as they are.
+pub fn with_live_cgroups(table: &NftTable) -> (Cow<'_, NftTable>, Vec<String>) {
+    if !needs_text(table) {
+        return (Cow::Borrowed(table), Vec::new());
+    }
+    let mut live = table.clone();
+    let mut notes = Vec::new();
+    let mut ids = BTreeMap::new();
+    for chain in &mut live.chains {
+        chain.rules.retain(|r| {
+            r.matches.iter().all(|m| match m {
+                Match::SocketCgroupv2 { path, .. } => {
+                    let id = *ids.entry(path.clone()).or_insert_with(|| cgroup2_id(path));
+                    if id.is_none() {
+                        notes.push(format!(
+                            "{}: cgroup {CGROUP2_ROOT}/{path} does not exist (or is not cgroup \
+                             v2); not installed until it does",
+                            r.comment.as_deref().unwrap_or("a rule")
+                        ));
+                    }
+                    id.is_some()
+                }
+                _ => true,
+            })
+        });
+    }
+    notes.dedup();
+    let text = format!("{ids:?}");
+    let hash = sha2::Sha256::digest(text.as_bytes());
+    live.digest = format!(
+        "{}+cg{}",
+        table.digest,
+        hash.iter()
+            .take(4)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    (Cow::Owned(live), notes)
 }
 
 #[cfg(test)]
@@ -842,7 +1131,7 @@ mod tests {
 
     #[test]
     fn fresh_table_batch() {
-        let cmds = commands(&to_batch(&table(), &Existing::default()));
+        let cmds = commands(&to_json_batch(&table(), &Existing::default()));
         assert_eq!(
             cmds,
             vec![
@@ -886,7 +1175,7 @@ mod tests {
             maps: BTreeSet::new(),
             counters: BTreeMap::from([("new_isp1".into(), 5), ("new_isp9".into(), 7)]),
         };
-        let cmds = commands(&to_batch(&table(), &ex));
+        let cmds = commands(&to_json_batch(&table(), &ex));
         assert_eq!(
             cmds,
             vec![
@@ -908,9 +1197,60 @@ mod tests {
         );
     }
 
+    /// The text batch (tables that match cgroups) runs the same commands in the same
+    /// order as the JSON batch; only set elements are a command of their own.
+    #[test]
+    fn text_batch_mirrors_the_json_batch() {
+        let ex = Existing {
+            table: true,
+            digest: Some("old".into()),
+            chains: BTreeMap::from([("mark_isp9".into(), None), ("plan".into(), None)]),
+            sets: BTreeMap::from([("old6".into(), ("ipv6_addr".into(), true))]),
+            maps: BTreeSet::from(["oldmap".to_string()]),
+            counters: BTreeMap::from([("new_isp9".into(), 7)]),
+        };
+        for existing in [Existing::default(), ex] {
+            let text = to_text_batch(&table(), &existing);
+            let from_text: Vec<String> = text
+                .lines()
+                .filter(|l| !l.starts_with("add element"))
+                .map(|l| {
+                    let w: Vec<&str> = l.split_whitespace().collect();
+                    let name = if w[1] == "table" { w[3] } else { w[4] };
+                    format!("{} {} {name}", w[0], w[1])
+                })
+                .collect();
+            assert_eq!(
+                from_text,
+                commands(&to_json_batch(&table(), &existing)),
+                "{text}"
+            );
+            assert!(text.contains("add element inet mw bypass4 { 192.0.2.0/24 }"));
+            assert!(text.ends_with("add rule inet mw plan return comment \"d1\"\n"));
+        }
+        assert!(matches!(
+            to_batch(&table(), &Existing::default()),
+            NftBatch::Json(_)
+        ));
+        let mut t = table();
+        t.chains[0].rules[0].matches.push(Match::SocketCgroupv2 {
+            level: 2,
+            path: "system.slice/openvpn.service".into(),
+        });
+        match to_batch(&t, &Existing::default()) {
+            NftBatch::Text(text) => assert!(
+                text.contains(
+                    "add rule inet mw mark_isp1 socket cgroupv2 level 2 \"system.slice/openvpn.service\" counter name \"new_isp1\""
+                ),
+                "{text}"
+            ),
+            NftBatch::Json(_) => panic!("a cgroup match needs the text batch"),
+        }
+    }
+
     #[test]
     fn digest_is_the_plan_rule_comment() {
-        let v = serde_json::to_value(to_batch(&table(), &Existing::default())).unwrap();
+        let v = serde_json::to_value(to_json_batch(&table(), &Existing::default())).unwrap();
         let last = v["nftables"].as_array().unwrap().last().unwrap().clone();
         assert_eq!(last["add"]["rule"]["chain"], "plan");
         assert_eq!(last["add"]["rule"]["comment"], "d1");

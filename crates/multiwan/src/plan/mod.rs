@@ -38,13 +38,16 @@ pub struct PlanInput<'a> {
 pub mod priority {
     /// `lookup main suppress_prefixlength 0`
     pub const SUPPRESS_MAIN: u32 = 0;
-    /// `from <link address> lookup <link table>`
+    /// `from <link address> lookup <link table>`; with `fwmark 0/<mask>` when a rule
+    /// matches a cgroup, so that the mark nft gives such a connection after its
+    /// source was chosen routes it again to its link (see `nft_lower`).
     pub const FROM_ADDRESS: u32 = 1;
     /// `fwmark <main mark> lookup main`
     pub const MAIN_MARK: u32 = 2;
     /// `fwmark <link mark> lookup <link table>`
     pub const LINK_MARK: u32 = 3;
-    /// First of the router-local steering rules (`iif lo …`), one priority per rule.
+    /// First of the router-local steering rules (`iif lo …`); rules share priorities
+    /// where their order cannot matter (`rules::local_priorities`).
     pub const LOCAL_RULES: u32 = 10;
     /// `lookup table_base`: the `default` policy.
     pub const DEFAULT_POLICY: u32 = 999;
@@ -167,13 +170,19 @@ pub(crate) fn resolve<'a>(input: &PlanInput<'a>) -> Vec<Resolved<'a>> {
         .collect()
 }
 
+/// What a policy does with new connections now: the links it shares them among, with
+/// their weights, or the fallback that applies.
+pub(crate) type Selection<'r, 'a> = Result<Vec<(&'r Resolved<'a>, u32)>, Fallback>;
+
 /// The links a policy sends new connections to now, with their weights, in config
 /// order: its in-service members of the lowest priority that has any; if none, what its
-/// fallback says (`All`: every installable member, lowest priority first).
+/// fallback says (`All`: every installable member, lowest priority first). With a
+/// `family`, only members with a route in that family count.
 pub(crate) fn selection<'r, 'a>(
     policy: &Policy,
     links: &'r [Resolved<'a>],
-) -> Result<Vec<(&'r Resolved<'a>, u32)>, Fallback> {
+    family: Option<Family>,
+) -> Selection<'r, 'a> {
     let members: Vec<(&Resolved, u32, u32)> = policy
         .members
         .iter()
@@ -183,6 +192,7 @@ pub(crate) fn selection<'r, 'a>(
                 .find(|r| r.link.name == m.link)
                 .map(|r| (r, m.priority, m.weight))
         })
+        .filter(|(r, _, _)| family.is_none_or(|f| r.route(f).is_some()))
         .collect();
     let lowest_tier = |pick: &dyn Fn(&Resolved) -> bool| {
         let best = members
@@ -228,6 +238,7 @@ pub fn plan(input: &PlanInput) -> Desired {
 
     // Rules: they depend on config and addresses only, never on link states, so a
     // failover never touches them.
+    let cgroup_steering = settings.local_traffic && config.rules.iter().any(|r| r.cgroup.is_some());
     let mut ip_rules = Vec::new();
     for &family in families {
         let rule = |priority: u32, selector: RuleSelector, table: u32| IpRule {
@@ -254,6 +265,7 @@ pub fn plan(input: &PlanInput) -> Desired {
                     priority::FROM_ADDRESS,
                     RuleSelector {
                         from: Some(IpNet::from(addr.addr())),
+                        fwmark: cgroup_steering.then_some((0, marks.mask())),
                         ..Default::default()
                     },
                     r.table,
@@ -452,7 +464,15 @@ fn default_policy_route(
     family: Family,
     table: u32,
 ) -> Option<Route> {
-    let kind = match selection(policy, links) {
+    // No member can carry this family: nothing here, the main table decides.
+    if !policy.members.iter().any(|m| {
+        links
+            .iter()
+            .any(|r| r.link.name == m.link && r.route(family).is_some())
+    }) {
+        return None;
+    }
+    let kind = match selection(policy, links, Some(family)) {
         Ok(chosen) => {
             let mut hops: Vec<NextHop> = chosen
                 .iter()
@@ -487,7 +507,7 @@ fn default_policy_route(
 
 /// Share of the `default` policy's new connections per link name, percent.
 fn default_shares<'a>(policy: &Policy, links: &[Resolved<'a>]) -> Vec<(&'a str, f64)> {
-    match selection(policy, links) {
+    match selection(policy, links, None) {
         Ok(chosen) => {
             let pct = weights::shares_pct(&chosen);
             chosen

@@ -105,6 +105,8 @@ pub enum Cmp {
 pub enum Match {
     /// `ct mark & mask ==/!= value`
     CtMark { mask: u32, cmp: Cmp, value: u32 },
+    /// `meta mark & mask ==/!= value`
+    MetaMark { mask: u32, cmp: Cmp, value: u32 },
     /// `ct state new` / `ct state != new`
     CtStateNew(Cmp),
     /// `iif "lo"` (by index: loopback always exists)
@@ -135,6 +137,13 @@ pub enum Match {
     ThDport(Vec<(u16, u16)>),
     /// `tcp flags syn / syn,rst`: a TCP connection's opening segment.
     TcpSyn,
+    /// `meta skuid N`: the owner of the packet's local socket.
+    SkUid(u32),
+    /// `socket cgroupv2 level N "path"`: the packet's local socket was created in the
+    /// cgroup v2 `path` (relative to /sys/fs/cgroup, `level` components deep) or below
+    /// it. nft resolves the path to the cgroup's id when the rule is loaded, so the
+    /// cgroup must exist then (see `kernel::nft`).
+    SocketCgroupv2 { level: u32, path: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,6 +188,12 @@ pub enum Action {
     },
     /// `iifname vmap { "x" : verdict }`
     IifnameVmap(Vec<(String, Verdict)>),
+    /// `ip daddr vmap { prefix : verdict, ... }` / `ip6 daddr vmap { ... }`: one lookup
+    /// for many destination prefixes (an interval map; prefixes must not overlap).
+    DaddrVmap {
+        version: IpVersion,
+        entries: Vec<(String, Verdict)>,
+    },
     /// `oifname vmap { "x" : verdict }`
     OifnameVmap(Vec<(String, Verdict)>),
     /// `numgen random mod modulus vmap { first-last : verdict }`: weighted choice.

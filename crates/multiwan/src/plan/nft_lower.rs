@@ -11,16 +11,29 @@
 //!
 //! Router-local connections are steered by routing (ip rules), not here; `postrouting`
 //! only records their link in the ct mark by the interface they leave through, so that
-//! replies restore it and a flush by mark finds them.
+//! replies restore it and a flush by mark finds them. The exception are rules by
+//! cgroup, which ip rules cannot see: `route_output` (a `route` chain, so a changed mark
+//! makes the kernel route the packet again) marks such a connection on its first
+//! packet and restores the mark on every later one, and the link's masquerade gives it
+//! the link's address.
+//!
+//! A policy's links are chosen per address family when some link has an IPv6 route:
+//! IPv6 connections only go to links that can carry them (`meta nfproto ipv6`).
 
 use sha2::{Digest, Sha256};
 
 use super::marks::MarkLayout;
 use super::nft::*;
-use super::{rules, selection, sticky, weights, PlanInput, Resolved};
+use super::{rules, selection, sticky, weights, Family, PlanInput, Resolved};
 use crate::config::{Fallback, Policy, Sticky};
 
 pub(crate) const CHAIN_CLASSIFY: &str = "classify";
+/// `reject with icmpx type host-unreachable`, for verdict maps (which cannot reject).
+pub(crate) const CHAIN_UNREACHABLE: &str = "reject_unreachable";
+/// `drop`, for verdict maps (see `rules::classify_rules`).
+pub(crate) const CHAIN_BLACKHOLE: &str = "drop_blackhole";
+/// Router-local connections matched by cgroup rules.
+pub(crate) const CHAIN_ROUTE_OUTPUT: &str = "route_output";
 pub(crate) const SET_BYPASS4: &str = "bypass4";
 pub(crate) const SET_BYPASS6: &str = "bypass6";
 
@@ -87,30 +100,37 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
     chains.extend(rules::policy_chains(config, links, input.seed));
 
     // classify: what a new LAN connection gets.
-    let mut classify = vec![
-        NftRule::new(
-            vec![Match::DaddrInSet {
-                version: IpVersion::V4,
-                set: SET_BYPASS4.into(),
-            }],
-            vec![Action::Verdict(Verdict::Return)],
-        )
-        .with_comment("the main table has a specific route"),
-        NftRule::new(
-            vec![Match::DaddrInSet {
-                version: IpVersion::V6,
-                set: SET_BYPASS6.into(),
-            }],
-            vec![Action::Verdict(Verdict::Return)],
-        ),
-        NftRule::new(
-            vec![Match::FibDaddrLocal],
-            vec![Action::Verdict(Verdict::Return)],
-        )
-        .with_comment("to the router itself"),
-    ];
+    let mut classify = not_policy_routed();
     let log_group = (settings.log_group != 0).then_some(settings.log_group);
     classify.extend(rules::classify_rules(config, log_group));
+    let output_rules = if settings.local_traffic && !links.is_empty() {
+        rules::output_rules(config)
+    } else {
+        Vec::new()
+    };
+    let goes_to = |rules: &[NftRule], chain: &str| {
+        rules.iter().any(|r| {
+            r.actions.iter().any(|a| match a {
+                Action::Verdict(Verdict::Goto(c)) => c == chain,
+                Action::DaddrVmap { entries, .. } => entries
+                    .iter()
+                    .any(|(_, v)| *v == Verdict::Goto(chain.to_string())),
+                _ => false,
+            })
+        })
+    };
+    for (chain, verdict) in [
+        (CHAIN_UNREACHABLE, Verdict::RejectHostUnreachable),
+        (CHAIN_BLACKHOLE, Verdict::Drop),
+    ] {
+        if goes_to(&classify, chain) {
+            chains.push(NftChain {
+                name: chain.into(),
+                hook: None,
+                rules: vec![NftRule::new(vec![], vec![Action::Verdict(verdict)])],
+            });
+        }
+    }
     classify.push(NftRule::new(
         vec![],
         vec![Action::Verdict(Verdict::Goto(policy_chain(
@@ -129,7 +149,7 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
         .map(|r| (r.mark, Verdict::Jump(restore_chain(&r.link.name))))
         .collect();
     restore.push((marks.main(), Verdict::Jump(RESTORE_MAIN.into())));
-    let mut pre = vec![
+    let keeps_its_link = [
         NftRule::new(
             vec![],
             vec![Action::CtMarkVmap {
@@ -146,6 +166,9 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
             }],
             vec![Action::Verdict(Verdict::Return)],
         ),
+    ];
+    let mut pre = keeps_its_link.to_vec();
+    pre.extend([
         NftRule::new(
             vec![Match::IifLoopback],
             vec![Action::Verdict(Verdict::Return)],
@@ -156,7 +179,7 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
             vec![Match::CtStateNew(Cmp::Ne)],
             vec![Action::Verdict(Verdict::Return)],
         ),
-    ];
+    ]);
     if !links.is_empty() {
         pre.push(
             NftRule::new(vec![], vec![Action::IifnameVmap(by_interface(links))])
@@ -184,6 +207,37 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
         }),
         rules: pre,
     });
+
+    // route_output: router-local connections by cgroup (see the module docs).
+    if !output_rules.is_empty() {
+        let mut out = keeps_its_link.to_vec();
+        out.push(NftRule::new(
+            vec![Match::CtStateNew(Cmp::Ne)],
+            vec![Action::Verdict(Verdict::Return)],
+        ));
+        out.push(
+            NftRule::new(
+                vec![Match::MetaMark {
+                    mask: marks.mask(),
+                    cmp: Cmp::Ne,
+                    value: 0,
+                }],
+                vec![Action::Verdict(Verdict::Return)],
+            )
+            .with_comment("marked by its socket: health-check probes"),
+        );
+        out.extend(not_policy_routed());
+        out.extend(output_rules);
+        chains.push(NftChain {
+            name: CHAIN_ROUTE_OUTPUT.into(),
+            hook: Some(BaseChain {
+                kind: ChainKind::Route,
+                hook: Hook::Output,
+                priority: PRIORITY_MANGLE,
+            }),
+            rules: out,
+        });
+    }
 
     // postrouting: record the link of connections that got none on the way in
     // (router-local ones), by the interface they leave through.
@@ -311,6 +365,33 @@ fn by_interface(links: &[Resolved]) -> Vec<(String, Verdict)> {
         .collect()
 }
 
+/// New connections that are never policy-routed: to destinations the main table
+/// reaches by a specific route, and to the router itself (SPEC §2.5).
+fn not_policy_routed() -> Vec<NftRule> {
+    vec![
+        NftRule::new(
+            vec![Match::DaddrInSet {
+                version: IpVersion::V4,
+                set: SET_BYPASS4.into(),
+            }],
+            vec![Action::Verdict(Verdict::Return)],
+        )
+        .with_comment("the main table has a specific route"),
+        NftRule::new(
+            vec![Match::DaddrInSet {
+                version: IpVersion::V6,
+                set: SET_BYPASS6.into(),
+            }],
+            vec![Action::Verdict(Verdict::Return)],
+        ),
+        NftRule::new(
+            vec![Match::FibDaddrLocal],
+            vec![Action::Verdict(Verdict::Return)],
+        )
+        .with_comment("to the router itself"),
+    ]
+}
+
 fn set_mark(kind: MarkKind, marks: &MarkLayout, value: u32) -> NftRule {
     NftRule::new(
         vec![],
@@ -323,21 +404,58 @@ fn set_mark(kind: MarkKind, marks: &MarkLayout, value: u32) -> NftRule {
 }
 
 /// `policy_<name>`: the links it selects, shared by weight per connection or by a
-/// sticky hash, or its fallback when it has none.
+/// sticky hash, or its fallback when it has none. When some link has an IPv6 route and
+/// the two families would select differently, each family gets its own selection
+/// (`meta nfproto`): an IPv6 connection never goes to a link without an IPv6 route
+/// while another link of the policy has one.
 pub(crate) fn policy_chain_for(policy: &Policy, links: &[Resolved], seed: u32) -> NftChain {
-    let chosen = match selection(policy, links) {
-        Ok(chosen) => chosen,
-        Err(fallback) => {
-            return NftChain {
-                name: policy_chain(&policy.name),
-                hook: None,
-                rules: vec![NftRule::new(vec![], vec![fallback_action(fallback)])],
-            }
+    let rules = if links.iter().any(|r| r.route6.is_some()) {
+        let v4 = selection(policy, links, Some(Family::V4));
+        let v6 = selection(policy, links, Some(Family::V6));
+        let key = |s: &super::Selection| {
+            s.as_ref()
+                .map(|c| c.iter().map(|(r, w)| (r.link.id, *w)).collect::<Vec<_>>())
+                .map_err(|f| *f)
+        };
+        if key(&v4) == key(&v6) {
+            policy_rules(policy, v4, seed, None)
+        } else {
+            let mut rules = policy_rules(policy, v4, seed, Some(IpVersion::V4));
+            rules.extend(policy_rules(policy, v6, seed, Some(IpVersion::V6)));
+            rules
         }
+    } else {
+        policy_rules(policy, selection(policy, links, None), seed, None)
     };
-    let rules = if chosen.len() == 1 {
+    NftChain {
+        name: policy_chain(&policy.name),
+        hook: None,
+        rules,
+    }
+}
+
+/// The rules of a policy chain for one selection, for one family (`meta nfproto`) or
+/// for both (`None`).
+fn policy_rules(
+    policy: &Policy,
+    selected: super::Selection,
+    seed: u32,
+    family: Option<IpVersion>,
+) -> Vec<NftRule> {
+    let only = |matches: Vec<Match>| -> Vec<Match> {
+        family
+            .map(Match::Nfproto)
+            .into_iter()
+            .chain(matches)
+            .collect()
+    };
+    let chosen = match selected {
+        Ok(chosen) => chosen,
+        Err(fallback) => return vec![NftRule::new(only(vec![]), vec![fallback_action(fallback)])],
+    };
+    if chosen.len() == 1 {
         vec![NftRule::new(
-            vec![],
+            only(vec![]),
             vec![Action::Verdict(Verdict::Goto(mark_chain(
                 &chosen[0].0.link.name,
             )))],
@@ -349,7 +467,7 @@ pub(crate) fn policy_chain_for(policy: &Policy, links: &[Resolved], seed: u32) -
             .collect();
         let (modulus, ranges) = weights::split(&entries);
         vec![NftRule::new(
-            vec![],
+            only(vec![]),
             vec![Action::NumgenVmap {
                 modulus,
                 entries: ranges
@@ -367,6 +485,7 @@ pub(crate) fn policy_chain_for(policy: &Policy, links: &[Resolved], seed: u32) -
                 .collect();
         [IpVersion::V4, IpVersion::V6]
             .into_iter()
+            .filter(|v| family.is_none_or(|f| f == *v))
             .map(|v| {
                 let key = match policy.sticky {
                     Sticky::Source => HashKey::Saddr(v),
@@ -383,11 +502,6 @@ pub(crate) fn policy_chain_for(policy: &Policy, links: &[Resolved], seed: u32) -
                 )
             })
             .collect()
-    };
-    NftChain {
-        name: policy_chain(&policy.name),
-        hook: None,
-        rules,
     }
 }
 

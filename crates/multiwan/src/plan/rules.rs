@@ -2,11 +2,20 @@
 //! chain, first match wins, first packet only); router-local traffic is steered by
 //! `iif lo` ip rules into per-policy routing tables, so the kernel picks the matching
 //! source address at `connect()` (KERNEL-NOTES: marks come too late for that).
+//!
+//! Two exceptions to "local traffic by ip rules": ip rules cannot match a cgroup, so
+//! rules with `cgroup` are matched in nft's `route_output` chain, which marks the
+//! connection (the kernel then routes the packet again by the mark, and the link's
+//! masquerade gives it the link's address); and consecutive rules that match only
+//! destination prefixes become one `ip daddr vmap` lookup in `classify`, so a thousand
+//! such rules cost one lookup, not a thousand comparisons.
 
 use ipnet::IpNet;
 
 use super::nft::*;
-use super::nft_lower::{policy_chain, policy_chain_for, MARK_MAIN};
+use super::nft_lower::{
+    policy_chain, policy_chain_for, CHAIN_BLACKHOLE, CHAIN_UNREACHABLE, MARK_MAIN,
+};
 use super::{priority, Family, IpRule, Resolved, RuleSelector, MAIN_TABLE};
 use crate::config::{Config, Fallback, Policy, PolicyMember, Protocol, Rule, RuleTarget, Sticky};
 
@@ -17,7 +26,10 @@ pub const TABLE_BLACKHOLE: u32 = 257;
 pub const POLICY_TABLES: u32 = 258;
 
 /// The policy a rule's target stands for: a named policy, or a one-link policy for a
-/// link target (the rule's `fallback` applies when that link is out of service).
+/// link target (the rule's `fallback` applies when that link is out of service). The
+/// one-link policy is `via_<link>`, or `via_<link>_<fallback>` when the rule's fallback
+/// is not `settings.fallback`: rules pinned to one link with different fallbacks need
+/// different chains.
 pub(crate) fn target_policy(config: &Config, rule: &Rule) -> Option<Policy> {
     match &rule.target {
         RuleTarget::Policy(name) if name == crate::config::DEFAULT_POLICY => {
@@ -26,15 +38,26 @@ pub(crate) fn target_policy(config: &Config, rule: &Rule) -> Option<Policy> {
         RuleTarget::Policy(name) => config.policy(name).cloned(),
         RuleTarget::Link(name) => {
             let link = config.link(name)?;
+            let fallback = rule.fallback.unwrap_or(config.settings.fallback);
+            let suffix = if fallback == config.settings.fallback {
+                ""
+            } else {
+                match fallback {
+                    Fallback::All => "_all",
+                    Fallback::Unreachable => "_unreachable",
+                    Fallback::Blackhole => "_blackhole",
+                    Fallback::Main => "_main",
+                }
+            };
             Some(Policy {
-                name: format!("via_{name}"),
+                name: format!("via_{name}{suffix}"),
                 members: vec![PolicyMember {
                     link: name.clone(),
                     priority: link.priority,
                     weight: link.weight,
                 }],
                 sticky: Sticky::Connection,
-                fallback: rule.fallback.unwrap_or(config.settings.fallback),
+                fallback,
             })
         }
         _ => None,
@@ -58,63 +81,215 @@ pub(crate) fn policy_chains(config: &Config, links: &[Resolved], seed: u32) -> V
     out
 }
 
-/// The `classify` rules of `[[rules]]`, in order. A rule with prefixes of both families
-/// becomes one nft rule per family; `user` and `cgroup` rules match router-local
-/// traffic only, so they never appear here.
+/// What a rule's target does to a new connection in nft.
+fn target_verdict(config: &Config, rule: &Rule) -> Verdict {
+    match &rule.target {
+        RuleTarget::Main => Verdict::Goto(MARK_MAIN.into()),
+        RuleTarget::Unreachable => Verdict::RejectHostUnreachable,
+        RuleTarget::Blackhole => Verdict::Drop,
+        RuleTarget::Policy(_) | RuleTarget::Link(_) => {
+            let policy = target_policy(config, rule).expect("validated target");
+            Verdict::Goto(policy_chain(&policy.name))
+        }
+    }
+}
+
+/// The nft matches of a rule in one family (`None`: a rule without prefixes), in the
+/// order nft evaluates them cheaply: interface, addresses, protocol, ports, owner,
+/// cgroup.
+fn rule_matches(rule: &Rule, family: Option<Family>) -> Vec<Match> {
+    let mut matches = Vec::new();
+    if let Some(name) = &rule.input_interface {
+        matches.push(Match::Iifname {
+            cmp: Cmp::Eq,
+            names: vec![name.clone()],
+        });
+    }
+    if let Some(f) = family {
+        let v = version(f);
+        let src = nets_of(&rule.source, family);
+        if !src.is_empty() {
+            matches.push(Match::Saddr {
+                version: v,
+                nets: src,
+            });
+        }
+        let dst = nets_of(&rule.destination, family);
+        if !dst.is_empty() {
+            matches.push(Match::Daddr {
+                version: v,
+                nets: dst,
+            });
+        }
+    }
+    if let Some(p) = rule.protocol.number() {
+        matches.push(Match::L4Proto(p));
+    }
+    if !rule.destination_port.is_empty() {
+        matches.push(Match::ThDport(
+            rule.destination_port
+                .iter()
+                .map(|r| (r.first, r.last))
+                .collect(),
+        ));
+    }
+    if let Some(uid) = rule.user {
+        matches.push(Match::SkUid(uid));
+    }
+    if let Some(path) = &rule.cgroup {
+        matches.push(Match::SocketCgroupv2 {
+            level: path.split('/').count() as u32,
+            path: path.clone(),
+        });
+    }
+    matches
+}
+
+fn version(f: Family) -> IpVersion {
+    match f {
+        Family::V4 => IpVersion::V4,
+        Family::V6 => IpVersion::V6,
+    }
+}
+
+/// A rule that matches nothing but destination prefixes (and logs nothing): several
+/// in a row can share one verdict-map lookup.
+fn destination_only(rule: &Rule) -> bool {
+    !rule.destination.is_empty()
+        && rule.source.is_empty()
+        && rule.protocol == Protocol::Any
+        && rule.destination_port.is_empty()
+        && rule.input_interface.is_none()
+        && rule.user.is_none()
+        && rule.cgroup.is_none()
+        && !rule.log
+}
+
+/// Consecutive destination-only rules gathered into one verdict map.
+#[derive(Default)]
+struct DestinationGroup<'c> {
+    rules: Vec<&'c Rule>,
+    /// (prefix, verdict) in rule order; prefixes of different verdicts never overlap.
+    entries: Vec<(IpNet, Verdict)>,
+}
+
+impl<'c> DestinationGroup<'c> {
+    /// Whether `rule` can join without changing what matches first: none of its
+    /// prefixes may overlap a prefix of the group that has another verdict.
+    fn fits(&self, rule: &Rule, verdict: &Verdict) -> bool {
+        rule.destination.iter().all(|n| {
+            let n = n.trunc();
+            self.entries
+                .iter()
+                .all(|(m, v)| v == verdict || !overlap(&n, m))
+        })
+    }
+
+    fn push(&mut self, rule: &'c Rule, verdict: Verdict) {
+        self.rules.push(rule);
+        for n in &rule.destination {
+            let n = n.trunc();
+            // Same verdict: an earlier wider prefix already covers it, or it covers
+            // earlier narrower ones (nft refuses overlapping intervals).
+            if self.entries.iter().any(|(m, _)| m.contains(&n)) {
+                continue;
+            }
+            self.entries.retain(|(m, _)| !n.contains(m));
+            self.entries.push((n, verdict.clone()));
+        }
+    }
+
+    /// The group's nft rules: a single rule as it was written, several as one
+    /// `daddr vmap` per family.
+    fn lower(self, config: &Config, log_group: Option<u16>, out: &mut Vec<NftRule>) {
+        match self.rules.as_slice() {
+            [] => {}
+            [rule] => out.extend(rule_as_classify(config, rule, log_group)),
+            [first, .., last] => {
+                let comment = format!(
+                    "{} rules, {} to {}",
+                    self.rules.len(),
+                    short(&first.name),
+                    short(&last.name)
+                );
+                for f in [Family::V4, Family::V6] {
+                    let entries: Vec<(String, Verdict)> = self
+                        .entries
+                        .iter()
+                        .filter(|(n, _)| fam(n) == f)
+                        .map(|(n, v)| (n.to_string(), v.clone()))
+                        .collect();
+                    if !entries.is_empty() {
+                        out.push(
+                            NftRule::new(
+                                vec![],
+                                vec![Action::DaddrVmap {
+                                    version: version(f),
+                                    entries,
+                                }],
+                            )
+                            .with_comment(comment.clone()),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A rule name cut to fit an nft comment (128 bytes) twice.
+fn short(name: &str) -> String {
+    if name.chars().count() <= 40 {
+        name.to_string()
+    } else {
+        format!("{}…", name.chars().take(39).collect::<String>())
+    }
+}
+
+fn overlap(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(b) || b.contains(a)
+}
+
+/// The `classify` rules of `[[rules]]`, in order (first match wins). A rule with
+/// prefixes of both families becomes one nft rule per family; `user` and `cgroup`
+/// rules match router-local traffic only, so they never appear here. Runs of
+/// destination-only rules become one `daddr vmap` per family where that keeps the
+/// first match (no prefix in the run overlaps one with another target). Verdicts in a
+/// map are gotos only (nft cannot put `reject` there, and nft 1.0.6's JSON parser
+/// refuses the `drop` the nftables crate writes), so `unreachable` and `blackhole`
+/// there go to one-rule chains that reject or drop.
 pub(crate) fn classify_rules(config: &Config, log_group: Option<u16>) -> Vec<NftRule> {
     let mut out = Vec::new();
+    let mut group = DestinationGroup::default();
     for rule in &config.rules {
         if rule.user.is_some() || rule.cgroup.is_some() {
             continue;
         }
-        let verdict = match &rule.target {
-            RuleTarget::Main => Verdict::Goto(MARK_MAIN.into()),
-            RuleTarget::Unreachable => Verdict::RejectHostUnreachable,
-            RuleTarget::Blackhole => Verdict::Drop,
-            RuleTarget::Policy(_) | RuleTarget::Link(_) => {
-                let policy = target_policy(config, rule).expect("validated target");
-                Verdict::Goto(policy_chain(&policy.name))
-            }
+        if !destination_only(rule) {
+            std::mem::take(&mut group).lower(config, log_group, &mut out);
+            out.extend(rule_as_classify(config, rule, log_group));
+            continue;
+        }
+        let verdict = match target_verdict(config, rule) {
+            Verdict::RejectHostUnreachable => Verdict::Goto(CHAIN_UNREACHABLE.into()),
+            Verdict::Drop => Verdict::Goto(CHAIN_BLACKHOLE.into()),
+            v => v,
         };
-        for family in rule_families(rule) {
-            let mut matches = Vec::new();
-            if let Some(name) = &rule.input_interface {
-                matches.push(Match::Iifname {
-                    cmp: Cmp::Eq,
-                    names: vec![name.clone()],
-                });
-            }
-            let version = family.map(|f| match f {
-                Family::V4 => IpVersion::V4,
-                Family::V6 => IpVersion::V6,
-            });
-            if let Some(v) = version {
-                let src = nets_of(&rule.source, family);
-                if !src.is_empty() {
-                    matches.push(Match::Saddr {
-                        version: v,
-                        nets: src,
-                    });
-                }
-                let dst = nets_of(&rule.destination, family);
-                if !dst.is_empty() {
-                    matches.push(Match::Daddr {
-                        version: v,
-                        nets: dst,
-                    });
-                }
-            }
-            if let Some(p) = rule.protocol.number() {
-                matches.push(Match::L4Proto(p));
-            }
-            if !rule.destination_port.is_empty() {
-                matches.push(Match::ThDport(
-                    rule.destination_port
-                        .iter()
-                        .map(|r| (r.first, r.last))
-                        .collect(),
-                ));
-            }
+        if !group.fits(rule, &verdict) {
+            std::mem::take(&mut group).lower(config, log_group, &mut out);
+        }
+        group.push(rule, verdict);
+    }
+    group.lower(config, log_group, &mut out);
+    out
+}
+
+/// One rule's `classify` rules, one per family it needs.
+fn rule_as_classify(config: &Config, rule: &Rule, log_group: Option<u16>) -> Vec<NftRule> {
+    let verdict = target_verdict(config, rule);
+    rule_families(rule)
+        .into_iter()
+        .map(|family| {
             let mut actions = Vec::new();
             if rule.log {
                 actions.push(Action::Log {
@@ -123,7 +298,38 @@ pub(crate) fn classify_rules(config: &Config, log_group: Option<u16>) -> Vec<Nft
                 });
             }
             actions.push(Action::Verdict(verdict.clone()));
-            out.push(NftRule::new(matches, actions).with_comment(format!("rule {}", rule.name)));
+            NftRule::new(rule_matches(rule, family), actions)
+                .with_comment(format!("rule {}", rule.name))
+        })
+        .collect()
+}
+
+/// The rules of chain `route_output`, for router-local connections: those of
+/// `[[rules]]` up to the last one with a `cgroup`, in order. A cgroup rule marks the
+/// connection for its target; a rule before it that routing already applied (by
+/// destination, protocol, port or user: see [`local_rules`]) returns, so the first
+/// match still wins. Empty when no rule names a cgroup.
+pub(crate) fn output_rules(config: &Config) -> Vec<NftRule> {
+    let Some(last) = config.rules.iter().rposition(|r| r.cgroup.is_some()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for rule in &config.rules[..=last] {
+        let verdict = if rule.cgroup.is_some() && applies_locally(rule) {
+            target_verdict(config, rule)
+        } else if local_ip_rule(rule) {
+            Verdict::Return
+        } else {
+            continue;
+        };
+        for family in rule_families(rule) {
+            out.push(
+                NftRule::new(
+                    rule_matches(rule, family),
+                    vec![Action::Verdict(verdict.clone())],
+                )
+                .with_comment(format!("rule {}", rule.name)),
+            );
         }
     }
     out
@@ -187,27 +393,94 @@ pub(crate) fn local_table(config: &Config, rule: &Rule, links: &[Resolved]) -> O
     })
 }
 
-/// `iif lo` rules steering router-local connections, one priority per `[[rules]]`
-/// entry (first match wins there too). Rules that match on the input interface or the
-/// source (forwarded traffic) or only on a cgroup are left out.
+/// Whether a rule can match router-local traffic at all: not by input interface or
+/// source (forwarded traffic), and by at least one selector.
+fn applies_locally(rule: &Rule) -> bool {
+    rule.input_interface.is_none()
+        && rule.source.is_empty()
+        && (!rule.destination.is_empty()
+            || rule.protocol != Protocol::Any
+            || !rule.destination_port.is_empty()
+            || rule.user.is_some()
+            || rule.cgroup.is_some())
+}
+
+/// Whether a rule becomes `iif lo` ip rules (cgroup rules are matched in nft instead).
+fn local_ip_rule(rule: &Rule) -> bool {
+    applies_locally(rule) && rule.cgroup.is_none()
+}
+
+/// Whether some router-local packet could match both rules (by destination, protocol,
+/// ports and user).
+fn may_overlap(a: &Rule, b: &Rule) -> bool {
+    let nets = a.destination.is_empty()
+        || b.destination.is_empty()
+        || a.destination.iter().any(|n| {
+            b.destination
+                .iter()
+                .any(|m| overlap(&n.trunc(), &m.trunc()))
+        });
+    let proto =
+        a.protocol == Protocol::Any || b.protocol == Protocol::Any || a.protocol == b.protocol;
+    let ports = a.destination_port.is_empty()
+        || b.destination_port.is_empty()
+        || a.destination_port.iter().any(|p| {
+            b.destination_port
+                .iter()
+                .any(|q| p.first <= q.last && q.first <= p.last)
+        });
+    let user = a.user.is_none() || b.user.is_none() || a.user == b.user;
+    nets && proto && ports && user
+}
+
+/// Number of priorities router-local rules can use: `LOCAL_RULES ..= DEFAULT_POLICY - 1`.
+pub const LOCAL_PRIORITIES: u32 = priority::DEFAULT_POLICY - priority::LOCAL_RULES;
+
+/// The priority offset (from `LOCAL_RULES`) of each rule's `iif lo` ip rules, `None`
+/// for rules that have none. Rules of one priority are evaluated in the order they
+/// were added, which an apply that only adds what is missing cannot keep, so a rule
+/// is put after every earlier rule that could match the same packet and sends it
+/// elsewhere, and no further: rules that cannot both match one packet, or that go to
+/// the same place, share a priority. A thousand rules for distinct destinations use
+/// one priority; only chains of overlapping rules with different targets need more
+/// (validation refuses configs that need more than [`LOCAL_PRIORITIES`]).
+pub fn local_priorities(rules: &[Rule]) -> Vec<Option<u32>> {
+    let mut out: Vec<Option<u32>> = vec![None; rules.len()];
+    for (i, rule) in rules.iter().enumerate() {
+        if !local_ip_rule(rule) {
+            continue;
+        }
+        let level = rules[..i]
+            .iter()
+            .zip(&out)
+            .filter_map(|(earlier, level)| {
+                let level = (*level)?;
+                let same_place = earlier.target == rule.target && earlier.fallback == rule.fallback;
+                (!same_place && may_overlap(earlier, rule)).then_some(level + 1)
+            })
+            .max()
+            .unwrap_or(0);
+        out[i] = Some(level);
+    }
+    out
+}
+
+/// `iif lo` rules steering router-local connections by destination, protocol, port and
+/// user, at the priorities of [`local_priorities`] (first match wins there too). Rules
+/// that match on the input interface or the source (forwarded traffic), on a cgroup
+/// (nft `route_output`), or on nothing, are left out.
 pub(crate) fn local_rules(config: &Config, links: &[Resolved], families: &[Family]) -> Vec<IpRule> {
     let p0 = config.settings.rule_priority + priority::LOCAL_RULES;
     let mut out = Vec::new();
-    for (i, rule) in config.rules.iter().enumerate() {
-        let priority = p0 + i as u32;
-        if priority >= config.settings.rule_priority + priority::DEFAULT_POLICY {
-            break; // validation keeps the count below this; never spill out of range
-        }
-        if rule.input_interface.is_some() || !rule.source.is_empty() {
+    let levels = local_priorities(&config.rules);
+    for (rule, level) in config.rules.iter().zip(levels) {
+        let Some(level) = level else {
             continue;
+        };
+        if level >= LOCAL_PRIORITIES {
+            continue; // validation refuses this; never spill out of range
         }
-        let selective = !rule.destination.is_empty()
-            || rule.protocol != Protocol::Any
-            || !rule.destination_port.is_empty()
-            || rule.user.is_some();
-        if !selective {
-            continue;
-        }
+        let priority = p0 + level;
         let Some(table) = local_table(config, rule, links) else {
             continue;
         };
@@ -253,4 +526,149 @@ pub(crate) fn local_rules(config: &Config, links: &[Resolved], families: &[Famil
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const LINKS: &str = "[links.a]\nid = 1\ninterface = \"wan1\"\n\
+                         [links.b]\nid = 2\ninterface = \"wan2\"\n";
+
+    fn config(rules: &str) -> Config {
+        crate::config::parse(&format!("{LINKS}{rules}"), Path::new("t.toml"))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn rule(fields: &str, policy: &str) -> String {
+        format!("[[rules]]\n{fields}\npolicy = \"{policy}\"\n")
+    }
+
+    #[test]
+    fn local_rules_share_priorities_where_order_cannot_matter() {
+        let c = config(
+            &[
+                rule("destination = [\"198.18.1.0/24\"]", "a"),
+                rule("destination = [\"198.18.2.0/24\"]", "b"),
+                // Overlaps the first, other target: after it.
+                rule("destination = [\"198.18.1.7/32\"]", "b"),
+                // Overlaps the first, same target: beside it.
+                rule("destination = [\"198.18.1.8/32\"]", "a"),
+                // Any destination, tcp: overlaps 1-4; after 3 (b -> a).
+                rule("protocol = \"tcp\"", "a"),
+                // udp 53 overlaps the destination rules but not the tcp one.
+                rule("protocol = \"udp\"\ndestination_port = [53]", "b"),
+                // Forwarded only, and cgroup: no ip rules.
+                rule("source = [\"192.0.2.0/24\"]", "a"),
+                rule("cgroup = \"x.slice\"", "b"),
+                // Another user: cannot overlap a user-less rule? It can (user-less
+                // rules match every user): after the udp rule (b) and the tcp rule (a).
+                rule("user = 1000\nprotocol = \"udp\"", "a"),
+            ]
+            .concat(),
+        );
+        assert_eq!(
+            local_priorities(&c.rules),
+            vec![
+                Some(0),
+                Some(0),
+                Some(1),
+                Some(0),
+                Some(2),
+                Some(1),
+                None,
+                None,
+                Some(2),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_thousand_distinct_destinations_use_one_priority() {
+        let rules: String = (0..1000)
+            .map(|i| {
+                rule(
+                    &format!("destination = [\"198.18.{}.{}/32\"]", i / 250, i % 250),
+                    if i % 2 == 0 { "a" } else { "b" },
+                )
+            })
+            .collect();
+        let c = config(&rules);
+        assert!(local_priorities(&c.rules).iter().all(|l| *l == Some(0)));
+    }
+
+    #[test]
+    fn validation_refuses_more_overlapping_levels_than_priorities() {
+        let chain = |n: usize| -> String {
+            (0..n)
+                .map(|i| rule("protocol = \"tcp\"", if i % 2 == 0 { "a" } else { "b" }))
+                .collect()
+        };
+        let n = LOCAL_PRIORITIES as usize;
+        let c = config(&chain(n));
+        assert_eq!(
+            local_priorities(&c.rules)[n - 1],
+            Some(LOCAL_PRIORITIES - 1)
+        );
+        let errs = crate::config::parse(&format!("{LINKS}{}", chain(n + 1)), Path::new("t.toml"))
+            .unwrap_err();
+        assert_eq!(errs.0.len(), 1, "{errs}");
+        assert_eq!(errs.0[0].key, format!("rules[{}]", n + 1));
+    }
+
+    /// Forwarded traffic: runs of destination-only rules become verdict maps without
+    /// changing which rule matches first.
+    #[test]
+    fn destination_runs_keep_the_first_match() {
+        let c = config(
+            &[
+                rule("destination = [\"198.18.1.0/24\"]", "a"),
+                rule("destination = [\"198.18.2.0/24\", \"2001:db8::/32\"]", "b"),
+                // Inside the first with another target: dead, and must stay dead.
+                rule("destination = [\"198.18.1.7/32\"]", "b"),
+                rule("destination = [\"198.18.0.0/16\"]", "b"),
+                rule("destination = [\"198.18.3.0/24\"]", "unreachable"),
+            ]
+            .concat(),
+        );
+        let mut rules = classify_rules(&c, None);
+        // A run of one rule keeps its own form (and may reject).
+        let last = rules.pop().unwrap();
+        assert_eq!(
+            crate::render::nft_text::rule(&last),
+            "ip daddr { 198.18.3.0/24 } reject with icmpx type host-unreachable comment \"rule rule5\""
+        );
+        let maps: Vec<(IpVersion, Vec<(String, Verdict)>)> = rules
+            .iter()
+            .map(|r| match &r.actions[..] {
+                [Action::DaddrVmap { version, entries }] => (*version, entries.clone()),
+                other => panic!("not a map: {other:?}"),
+            })
+            .collect();
+        let goto = |c: &str| Verdict::Goto(c.to_string());
+        assert_eq!(
+            maps,
+            vec![
+                (
+                    IpVersion::V4,
+                    vec![
+                        ("198.18.1.0/24".into(), goto("policy_via_a")),
+                        ("198.18.2.0/24".into(), goto("policy_via_b")),
+                    ]
+                ),
+                (
+                    IpVersion::V6,
+                    vec![("2001:db8::/32".into(), goto("policy_via_b"))]
+                ),
+                // 198.18.1.7 could not join (it overlaps a's /24); the /16 swallows it
+                // (same target); 198.18.3.0/24 (other target) starts a third run.
+                (
+                    IpVersion::V4,
+                    vec![("198.18.0.0/16".into(), goto("policy_via_b"))]
+                ),
+            ]
+        );
+    }
 }

@@ -45,7 +45,9 @@
 //! reported on the channel as soon as its outcome is decided: good as soon as
 //! `min_targets` targets answered, bad as soon as too many were lost or failed for it to
 //! become good, and never later than `timeout` after it started (what is still
-//! unanswered then is lost).
+//! unanswered then is lost). Probes still in flight when their round is decided keep
+//! running, and their outcomes follow in a *late* report of the same round
+//! ([`RoundReport::late`]), so that loss and RTT count every probe sent.
 //!
 //! Detecting a dead link needs `down_after` consecutive bad rounds. At the normal pace
 //! that takes `down_after × interval` after the first loss, plus the timeout. To do

@@ -1,12 +1,21 @@
 //! The per-link round scheduler: rounds every `interval`, decided as early as possible,
 //! and extra rounds while the link looks suspicious (see the module docs of
 //! [`crate::probe`] for the timing argument).
+//!
+//! A round decided early (good as soon as `min_targets` answered) keeps its other probes
+//! running until they conclude (by the round's deadline at the latest), and their
+//! outcomes follow in a second, [`RoundReport::late`] report: the decision is not
+//! delayed, and loss and RTT still count every probe sent. Without that, with two
+//! targets and `min_targets = 1`, a good round would count one probe (the first answer)
+//! and a lost probe would count only when both were lost: 8 % loss read as 33 % over
+//! five rounds (a false "degraded"), 40 % loss that never hits both targets of a round
+//! as none, and the RTT was that of the fastest target only.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::{AbortHandle, Aborted, BoxFuture};
+use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -40,7 +49,7 @@ impl ProbeOutcome {
     }
 }
 
-/// One decided round of one link.
+/// One decided round of one link, or the late outcomes of one ([`RoundReport::late`]).
 #[derive(Debug, Clone)]
 pub struct RoundReport {
     pub link: String,
@@ -49,10 +58,20 @@ pub struct RoundReport {
     pub started: Instant,
     /// The probes concluded when the round was decided, in target order, labelled as
     /// by [`super::target_labels`]. A target whose probe was still in flight when the
-    /// round was decided (good early) is absent: it was neither answered nor lost.
+    /// round was decided (good early) is absent here: its outcome comes in a late
+    /// report of the same round.
+    ///
+    /// In a late report: the outcomes of exactly those probes, in target order.
     pub outcomes: Vec<(String, ProbeOutcome)>,
-    /// At least `min_targets` targets answered.
+    /// At least `min_targets` targets answered (in a late report: the decision, as
+    /// reported before).
     pub good: bool,
+    /// `false`: the round's decision, sent as soon as it was decided. `true`: a
+    /// follow-up of round `seq`, already reported, with the outcomes of the probes that
+    /// were still in flight when it was decided; for loss and RTT only (it decides
+    /// nothing). Sent once, when the last of them concluded, and only if there were
+    /// any; not sent when the endpoint changed meanwhile.
+    pub late: bool,
 }
 
 /// Starts probing `link` as `check` says, through the endpoint `endpoint` holds, and
@@ -79,9 +98,8 @@ pub fn spawn_link_prober(
 /// Lower bound of `suspect_after`: below this, scheduling jitter alone looks like loss.
 const MIN_SUSPECT_AFTER: Duration = Duration::from_millis(10);
 
-/// A probe's result as the scheduler collects it: round, target, outcome (or cancelled
-/// because its round was decided without it).
-type ProbeResult = (u64, usize, Result<ProbeOutcome, Aborted>);
+/// A probe's result as the scheduler collects it: round, target, outcome.
+type ProbeResult = (u64, usize, ProbeOutcome);
 
 enum Next {
     /// The endpoint changed (possibly to `None`).
@@ -107,14 +125,24 @@ struct Round {
     outcomes: Vec<Option<ProbeOutcome>>,
     answered: usize,
     lost: usize,
-    /// Cancels the probes still in flight once the round is decided.
-    aborts: Vec<AbortHandle>,
+}
+
+/// A decided round whose other probes are still in flight.
+struct Finishing {
+    started: Instant,
+    good: bool,
+    /// Outcomes that came after the decision, by target index.
+    late: Vec<Option<ProbeOutcome>>,
+    /// Probes still in flight.
+    pending: usize,
 }
 
 /// Probing state for one endpoint; starts afresh when the endpoint changes.
 struct Session {
     prober: Arc<LinkProber>,
     rounds: BTreeMap<u64, Round>,
+    /// Decided rounds waiting for their last probes (for the late report).
+    finishing: BTreeMap<u64, Finishing>,
     probes: FuturesUnordered<BoxFuture<'static, ProbeResult>>,
     /// When the last round was due: the next one is scheduled from here, not from when
     /// the timer actually fired, so the pace does not drift by the timer's lateness.
@@ -174,6 +202,7 @@ impl Scheduler {
         let mut session = Session {
             prober,
             rounds: BTreeMap::new(),
+            finishing: BTreeMap::new(),
             probes: FuturesUnordered::new(),
             last_start: now,
             newest: 0,
@@ -198,8 +227,7 @@ impl Scheduler {
                         return Next::Changed;
                     }
                 }
-                Some((seq, index, result)) = session.probes.next(), if !session.probes.is_empty() => {
-                    let Ok(outcome) = result else { continue };
+                Some((seq, index, outcome)) = session.probes.next(), if !session.probes.is_empty() => {
                     if let Some(report) = self.record(&mut session, seq, index, outcome) {
                         if self.reports.send(report).await.is_err() {
                             return Next::Stop;
@@ -232,10 +260,8 @@ impl Scheduler {
         self.next_seq += 1;
         let deadline = now + self.check.timeout;
         let targets = self.labels.len();
-        let mut aborts = Vec::with_capacity(targets);
         for index in 0..targets {
-            let (probe, abort) = futures::future::abortable(session.prober.probe(index, deadline));
-            aborts.push(abort);
+            let probe = session.prober.probe(index, deadline);
             session
                 .probes
                 .push(Box::pin(async move { (seq, index, probe.await) }));
@@ -247,14 +273,14 @@ impl Scheduler {
                 outcomes: vec![None; targets],
                 answered: 0,
                 lost: 0,
-                aborts,
             },
         );
         session.last_start = now;
         session.newest = seq;
     }
 
-    /// Records one probe's outcome; returns the report if that decided its round.
+    /// Records one probe's outcome; returns the report if that decided its round (or
+    /// was the last probe of a decided round: the late report).
     fn record(
         &self,
         session: &mut Session,
@@ -262,6 +288,9 @@ impl Scheduler {
         index: usize,
         outcome: ProbeOutcome,
     ) -> Option<RoundReport> {
+        if session.finishing.contains_key(&seq) {
+            return self.record_late(session, seq, index, outcome);
+        }
         let targets = self.labels.len();
         let round = session.rounds.get_mut(&seq)?;
         let slot = round.outcomes.get_mut(index)?;
@@ -281,8 +310,18 @@ impl Scheduler {
             return None;
         }
         let round = session.rounds.remove(&seq).expect("round just looked up");
-        for abort in &round.aborts {
-            abort.abort();
+        let pending = round.outcomes.iter().filter(|o| o.is_none()).count();
+        if pending > 0 {
+            // The rest keep running (until the deadline at most) for the late report.
+            session.finishing.insert(
+                seq,
+                Finishing {
+                    started: round.started,
+                    good,
+                    late: vec![None; targets],
+                    pending,
+                },
+            );
         }
         let now = Instant::now();
         if good {
@@ -311,6 +350,42 @@ impl Scheduler {
             started: round.started,
             outcomes,
             good,
+            late: false,
+        })
+    }
+
+    /// A probe of a decided round concluded; the late report once it was the last.
+    fn record_late(
+        &self,
+        session: &mut Session,
+        seq: u64,
+        index: usize,
+        outcome: ProbeOutcome,
+    ) -> Option<RoundReport> {
+        let finishing = session.finishing.get_mut(&seq)?;
+        let slot = finishing.late.get_mut(index)?;
+        if slot.is_some() {
+            return None;
+        }
+        *slot = Some(outcome);
+        finishing.pending = finishing.pending.saturating_sub(1);
+        if finishing.pending > 0 {
+            return None;
+        }
+        let finishing = session.finishing.remove(&seq).expect("just looked up");
+        let outcomes = finishing
+            .late
+            .into_iter()
+            .zip(&self.labels)
+            .filter_map(|(outcome, label)| outcome.map(|o| (label.clone(), o)))
+            .collect();
+        Some(RoundReport {
+            link: self.link.clone(),
+            seq,
+            started: finishing.started,
+            outcomes,
+            good: finishing.good,
+            late: true,
         })
     }
 

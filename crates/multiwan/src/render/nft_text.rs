@@ -12,14 +12,10 @@ pub fn table(t: &NftTable) -> String {
         let _ = writeln!(out, "\tcounter {c} {{\n\t}}\n");
     }
     for s in &t.sets {
-        let (ty, elems) = match &s.elements {
-            SetElements::Ipv4(v) => ("ipv4_addr", v.iter().map(|n| n.to_string()).collect()),
-            SetElements::Ipv6(v) => ("ipv6_addr", v.iter().map(|n| n.to_string()).collect()),
-        };
+        let (ty, elems) = set_parts(&s.elements);
         let _ = writeln!(out, "\tset {} {{", s.name);
         let _ = writeln!(out, "\t\ttype {ty}");
         let _ = writeln!(out, "\t\tflags interval");
-        let elems: Vec<String> = elems;
         if !elems.is_empty() {
             let _ = writeln!(out, "\t\telements = {{ {} }}", elems.join(", "));
         }
@@ -28,13 +24,7 @@ pub fn table(t: &NftTable) -> String {
     for c in &t.chains {
         let _ = writeln!(out, "\tchain {} {{", c.name);
         if let Some(b) = &c.hook {
-            let _ = writeln!(
-                out,
-                "\t\ttype {} hook {} priority {}; policy accept;",
-                chain_kind(b.kind),
-                hook(b.hook),
-                b.priority
-            );
+            let _ = writeln!(out, "\t\t{}", base_chain_spec(b));
         }
         for r in &c.rules {
             let _ = writeln!(out, "\t\t{}", rule(r));
@@ -46,6 +36,24 @@ pub fn table(t: &NftTable) -> String {
     let _ = writeln!(out, "\t}}");
     out.push_str("}\n");
     out
+}
+
+/// A named set's type and its elements as nft writes them.
+pub(crate) fn set_parts(elements: &SetElements) -> (&'static str, Vec<String>) {
+    match elements {
+        SetElements::Ipv4(v) => ("ipv4_addr", v.iter().map(|n| n.to_string()).collect()),
+        SetElements::Ipv6(v) => ("ipv6_addr", v.iter().map(|n| n.to_string()).collect()),
+    }
+}
+
+/// `type filter hook prerouting priority -150; policy accept;`
+pub(crate) fn base_chain_spec(b: &BaseChain) -> String {
+    format!(
+        "type {} hook {} priority {}; policy accept;",
+        chain_kind(b.kind),
+        hook(b.hook),
+        b.priority
+    )
 }
 
 fn chain_kind(k: ChainKind) -> &'static str {
@@ -97,8 +105,19 @@ fn quoted_set(names: &[String]) -> String {
 
 fn match_text(m: &Match) -> String {
     match m {
-        Match::CtMark { mask, cmp: c, value } => {
+        Match::CtMark {
+            mask,
+            cmp: c,
+            value,
+        } => {
             format!("ct mark & {mask:#010x} {} {value:#010x}", cmp(*c))
+        }
+        Match::MetaMark {
+            mask,
+            cmp: c,
+            value,
+        } => {
+            format!("meta mark & {mask:#010x} {} {value:#010x}", cmp(*c))
         }
         Match::CtStateNew(Cmp::Eq) => "ct state new".into(),
         Match::CtStateNew(Cmp::Ne) => "ct state != new".into(),
@@ -117,18 +136,32 @@ fn match_text(m: &Match) -> String {
         ),
         Match::DaddrInSet { version, set } => format!("{} daddr @{set}", ip_kw(*version)),
         Match::FibDaddrLocal => "fib daddr type local".into(),
-        Match::Saddr { version, nets } => format!("{} saddr {{ {} }}", ip_kw(*version), nets.join(", ")),
-        Match::Daddr { version, nets } => format!("{} daddr {{ {} }}", ip_kw(*version), nets.join(", ")),
+        Match::Saddr { version, nets } => {
+            format!("{} saddr {{ {} }}", ip_kw(*version), nets.join(", "))
+        }
+        Match::Daddr { version, nets } => {
+            format!("{} daddr {{ {} }}", ip_kw(*version), nets.join(", "))
+        }
         Match::L4Proto(p) => format!("meta l4proto {p}"),
         Match::ThDport(ranges) => format!("th dport {{ {} }}", port_list(ranges)),
         Match::TcpSyn => "tcp flags & (syn | rst) == syn".into(),
+        Match::SkUid(uid) => format!("meta skuid {uid}"),
+        Match::SocketCgroupv2 { level, path } => {
+            format!("socket cgroupv2 level {level} \"{path}\"")
+        }
     }
 }
 
 fn port_list(ranges: &[(u16, u16)]) -> String {
     ranges
         .iter()
-        .map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
+        .map(|(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -187,6 +220,13 @@ fn action_text(a: &Action) -> String {
                 .map(|(n, verd)| format!("\"{n}\" : {}", verdict(verd)))
                 .collect();
             format!("{kw} vmap {{ {} }}", e.join(", "))
+        }
+        Action::DaddrVmap { version, entries } => {
+            let e: Vec<String> = entries
+                .iter()
+                .map(|(net, verd)| format!("{net} : {}", verdict(verd)))
+                .collect();
+            format!("{} daddr vmap {{ {} }}", ip_kw(*version), e.join(", "))
         }
         Action::NumgenVmap { modulus, entries } => {
             let e: Vec<String> = entries

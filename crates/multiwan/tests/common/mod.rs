@@ -1,7 +1,7 @@
 //! Shared by the namespace tests: a lab with multiwan's config and binary at hand.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use std::collections::BTreeMap;
@@ -167,6 +167,8 @@ impl Drop for Harness {
         let _ = std::fs::remove_file(self.log_path());
         let _ = std::fs::remove_dir_all(self.state_dir());
         let _ = std::fs::remove_file(format!("/etc/iproute2/rt_tables.d/{}.conf", self.nft_table));
+        // The control socket of a daemon killed with SIGKILL (the ChildGuard) stays.
+        let _ = std::fs::remove_file(format!("/run/multiwan/{}.sock", self.nft_table));
     }
 }
 
@@ -226,4 +228,86 @@ pub fn lab_facts() -> Facts {
             "192.0.2.0/24".parse().unwrap(),
         ],
     }
+}
+
+/// Where the host mounts its cgroup v2 hierarchy (/sys/fs/cgroup on a unified host,
+/// /sys/fs/cgroup/unified on a hybrid one).
+pub fn cgroup2_mount() -> PathBuf {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split_whitespace().nth(4)?;
+            (right.split_whitespace().next() == Some("cgroup2")).then(|| PathBuf::from(mount_point))
+        })
+        .expect("this test needs a cgroup v2 hierarchy (mount -t cgroup2)")
+}
+
+/// A cgroup v2 directory made for one test (`mwt-<pid>-<tag>` at the root of the
+/// hierarchy), removed with everything below it when dropped.
+pub struct TestCgroup {
+    /// Relative to the cgroup v2 root, as a rule names it.
+    pub name: String,
+    /// On the host.
+    pub dir: PathBuf,
+}
+
+/// The prefix of the cgroups golden configs name; [`TestCgroup::localize`] replaces it.
+pub const GOLDEN_CGROUP_PREFIX: &str = "multiwan-golden.slice";
+
+impl TestCgroup {
+    pub fn new(tag: &str) -> TestCgroup {
+        let name = format!("mwt-{}-{tag}", std::process::id());
+        let dir = cgroup2_mount().join(&name);
+        std::fs::create_dir(&dir)
+            .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
+        TestCgroup { name, dir }
+    }
+
+    /// nft text naming cgroups under [`GOLDEN_CGROUP_PREFIX`], with the prefix
+    /// replaced by this cgroup (same depth), each named cgroup created.
+    pub fn localize(&self, nft: &str) -> String {
+        let from = format!("\"{GOLDEN_CGROUP_PREFIX}/");
+        for part in nft.split(&from).skip(1) {
+            let rest = part.split('"').next().unwrap();
+            std::fs::create_dir_all(self.dir.join(rest)).unwrap();
+        }
+        nft.replace(&from, &format!("\"{}/", self.name))
+    }
+
+    fn remove(dir: &Path) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    TestCgroup::remove(&e.path());
+                }
+            }
+        }
+        // Removable once its processes have exited.
+        for _ in 0..50 {
+            if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        TestCgroup::remove(&self.dir);
+    }
+}
+
+/// `program args…` inside `ns` with the cgroup v2 hierarchy at /sys/fs/cgroup, where
+/// nft looks up `socket cgroupv2` paths (`ip netns exec` mounts a fresh /sys without
+/// it; on a host, /sys/fs/cgroup is where it is).
+pub fn with_cgroup2(ns: &Netns, program: &str) -> Command {
+    let mut cmd = ns.command("sh");
+    cmd.arg("-ec")
+        .arg(r#"mount -t cgroup2 cgroup2 /sys/fs/cgroup; exec "$@""#)
+        .arg("sh")
+        .arg(program);
+    cmd
 }
