@@ -251,6 +251,13 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
                     cmp: Cmp::Eq,
                     value: 0,
                 },
+                // Health-check probes carry their link's mark from their socket: they
+                // are not the link's connections (not counted, not flushed).
+                Match::MetaMark {
+                    mask: marks.mask(),
+                    cmp: Cmp::Eq,
+                    value: 0,
+                },
             ],
             vec![Action::OifnameVmap(by_interface(links))],
         ));
