@@ -644,6 +644,7 @@ fn desired(facts: &Facts, links: &[Link]) -> Desired {
             .collect(),
         owned_priorities: (1000, 1999),
         links: vec![],
+        policies: Vec::new(),
     }
 }
 

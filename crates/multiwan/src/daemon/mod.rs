@@ -475,18 +475,17 @@ impl Daemon {
                 }
             })
             .collect();
-        let policies = vec![PolicyStatus {
-            name: config::DEFAULT_POLICY.into(),
-            active: desired
-                .map(|d| {
-                    d.links
-                        .iter()
-                        .filter(|s| s.share_pct > 0.0)
-                        .map(|s| s.name.clone())
-                        .collect()
-                })
-                .unwrap_or_default(),
-        }];
+        let policies = desired
+            .map(|d| {
+                d.policies
+                    .iter()
+                    .map(|(name, active)| PolicyStatus {
+                        name: name.clone(),
+                        active: active.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         Status { links, policies }
     }
 

@@ -400,6 +400,15 @@ pub fn plan(input: &PlanInput) -> Desired {
         owned_tables: owned_tables(base),
         owned_priorities: (p0, p0 + 999),
         links: summaries,
+        policies: std::iter::once(&default_policy)
+            .chain(config.policies.iter())
+            .map(|p| {
+                let active = selection(p, &links, None)
+                    .map(|chosen| chosen.iter().map(|(r, _)| r.link.name.clone()).collect())
+                    .unwrap_or_default();
+                (p.name.clone(), active)
+            })
+            .collect(),
     }
 }
 

@@ -52,6 +52,9 @@ pub struct Desired {
     pub owned_priorities: (u32, u32),
     /// Per link: what the planner made of it (for `plan`, `explain` and `status`).
     pub links: Vec<LinkSummary>,
+    /// Per policy (`default` first, then the named ones in config order): the links
+    /// that take its new connections now; empty when its fallback applies.
+    pub policies: Vec<(String, Vec<String>)>,
 }
 
 /// One `ip rule`.
