@@ -7,14 +7,16 @@ bash scripts/install-deps.sh
 export CI="${CI:-false}"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+before=$(ip netns list | awk '{print $1}' | sort)
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast
 else
     cargo test --workspace --locked --no-fail-fast
 fi
-left=$(ip netns list | wc -l)
-if [ "$left" -gt 0 ]; then
-    echo "tests left $left network namespaces behind:" >&2
-    ip netns list >&2
+# Namespaces that were not there before the tests: a teardown is missing.
+left=$(comm -13 <(echo "$before") <(ip netns list | awk '{print $1}' | sort))
+if [ -n "$left" ]; then
+    echo "tests left network namespaces behind:" >&2
+    echo "$left" >&2
     exit 1
 fi
