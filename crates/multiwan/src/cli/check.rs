@@ -89,13 +89,10 @@ fn key_position(text: &str, key: &str) -> (usize, usize) {
 /// Tables other than ours whose rules set or compare `meta mark` / `ct mark` with values
 /// or masks inside `mark_mask`.
 fn foreign_nft_mark_users(config: &Config) -> Vec<String> {
-    let Ok(out) = std::process::Command::new("nft")
-        .args(["-j", "list", "ruleset"])
-        .output()
-    else {
+    let Ok(text) = crate::kernel::nft::list_ruleset_json() else {
         return Vec::new();
     };
-    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
         return Vec::new();
     };
     let mask = u64::from(config.settings.mark_mask);

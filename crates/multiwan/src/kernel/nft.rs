@@ -54,6 +54,13 @@ pub struct Existing {
     pub counters: BTreeMap<String, u64>,
 }
 
+/// The whole ruleset of this network namespace as nft's JSON (for `check`, which looks
+/// for other tables using multiwan's mark bits).
+pub fn list_ruleset_json() -> Result<String> {
+    helper::get_current_ruleset_raw(DEFAULT_NFT, ["list", "ruleset"])
+        .map_err(|e| KernelError::nft("listing the ruleset".to_string(), e))
+}
+
 impl Existing {
     /// What installing `table` left in the kernel, as [`Existing::read`] would find it
     /// (counter values unknown: 0).
