@@ -1718,6 +1718,12 @@ impl<'t> Ctx<'_, 't> {
         let list = list.unwrap_or(&[]);
         let mut ok = Vec::new();
         for v in list {
+            // The key (a walk of the whole document) is only worked out for an error:
+            // a thousand rules would otherwise make reading the file quadratic.
+            if let Some(net) = parse_prefix(v.get_ref()).filter(|n| n.trunc() == *n) {
+                ok.push(net);
+                continue;
+            }
             let key = self.key_at(&v.span());
             if let Some(net) = self.prefix(v, &key) {
                 ok.push(net);
@@ -1729,10 +1735,7 @@ impl<'t> Ctx<'_, 't> {
     /// A prefix, or a bare address meaning just that host.
     fn prefix(&mut self, v: &Spanned<String>, key: &str) -> Option<IpNet> {
         let text = v.get_ref();
-        let parsed = text
-            .parse::<IpNet>()
-            .or_else(|_| text.parse::<IpAddr>().map(IpNet::from));
-        match parsed {
+        match parse_prefix(text).ok_or(()) {
             Ok(net) if net.trunc() != net => {
                 // nft and ip rule would silently match the whole network (or refuse);
                 // make the intent explicit.
@@ -2072,6 +2075,13 @@ fn span_contains(span: &Range<usize>, offset: usize) -> bool {
 
 /// The path of the most deeply nested key or value at `offset` (table header spans do
 /// not contain their children, so every branch is searched).
+/// A prefix, or a bare address meaning just that host.
+fn parse_prefix(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .ok()
+}
+
 fn path_at(root: &Spanned<DeValue<'_>>, offset: usize) -> Vec<Seg> {
     fn walk(v: &Spanned<DeValue<'_>>, offset: usize, cur: &mut Vec<Seg>, best: &mut Vec<Seg>) {
         let visit = |seg: Seg,

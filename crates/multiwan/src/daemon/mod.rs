@@ -56,6 +56,8 @@ pub struct Daemon {
     installed: Option<Desired>,
     /// The next apply reads the kernel back instead of trusting `installed`.
     verify_next: bool,
+    /// An apply happened and link states / status are not saved yet.
+    persist_pending: bool,
     reports_tx: mpsc::Sender<RoundReport>,
     events: broadcast::Sender<Event>,
     /// Wall-clock and monotonic time at start, to print `since` as RFC 3339.
@@ -107,6 +109,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
         links: BTreeMap::new(),
         installed: None,
         verify_next: true,
+        persist_pending: false,
         reports_tx,
         events,
         epoch: (Instant::now(), SystemTime::now()),
@@ -118,6 +121,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     };
     daemon.start_links();
     daemon.reconcile("start").await?;
+    daemon.persist();
     daemon.initial_hooks();
     tokio::spawn(control::server::serve(socket, requests));
     daemon.start_metrics().await;
@@ -166,7 +170,9 @@ pub async fn run(config_path: &Path) -> Result<()> {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
+        daemon.persist();
     }
+    daemon.persist();
     daemon.stop().await
 }
 
@@ -305,11 +311,21 @@ impl Daemon {
             );
         }
         self.installed = Some(desired);
-        if let Err(e) = self.state_dir.save_link_states(&states) {
+        // Saved once the event is fully handled (after conntrack flushes): writing
+        // files and reading counters must not delay what clients wait for.
+        self.persist_pending = true;
+        Ok(())
+    }
+
+    /// Saves link states and the status file if an apply happened since the last save.
+    fn persist(&mut self) {
+        if !std::mem::take(&mut self.persist_pending) {
+            return;
+        }
+        if let Err(e) = self.state_dir.save_link_states(&self.states()) {
             eprintln!("multiwan: saving link states: {e:#}");
         }
         self.write_status();
-        Ok(())
     }
 
     /// Applies what transitions ask for: a new plan first (new connections move at
