@@ -72,9 +72,12 @@ struct Args {
     /// Measuring window of `rss`, seconds.
     #[arg(long, default_value_t = 30)]
     rss_seconds: u64,
-    /// Runs per setup (baseline, multiwan) in `throughput` and `connrate`, ABBA order.
-    #[arg(long, default_value_t = 3)]
+    /// Rounds of `throughput` (each: baseline and multiwan, order alternating).
+    #[arg(long, default_value_t = 4)]
     repeats: usize,
+    /// Rounds of `connrate` (each: baseline, multiwan, multiwan without rules).
+    #[arg(long, default_value_t = 4)]
+    connrate_repeats: usize,
     /// Seconds of each iperf3 run (plus one omitted second).
     #[arg(long, default_value_t = 3)]
     iperf_seconds: u64,
@@ -138,7 +141,12 @@ fn run(args: Args) -> Result<()> {
                 if *s == Scenario::Throughput {
                     policies::throughput(&mut report, pl, args.repeats, args.iperf_seconds)
                 } else {
-                    policies::connrate(&mut report, pl, args.repeats, args.connrate_seconds)
+                    policies::connrate(
+                        &mut report,
+                        pl,
+                        args.connrate_repeats,
+                        args.connrate_seconds,
+                    )
                 }
             })(),
             Scenario::Apply => {

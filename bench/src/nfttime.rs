@@ -173,22 +173,7 @@ pub fn run(report: &mut Report, bin: &Path) -> Result<()> {
     for (label, links) in configs {
         mw.write_config("lan = [\"lan0\"]", &links)?;
         let script = plan_ruleset(&mw, ns, SCRATCH)?;
-        let rules = script
-            .lines()
-            .filter(|l| {
-                let t = l.trim();
-                !t.is_empty()
-                    && !t.starts_with("table ")
-                    && !t.starts_with("chain ")
-                    && !t.starts_with("set ")
-                    && !t.starts_with("counter ")
-                    && !t.starts_with("type ")
-                    && !t.starts_with("flags ")
-                    && !t.starts_with("elements ")
-                    && t != "}"
-                    && t != "{"
-            })
-            .count();
+        let lines = script.lines().count();
         let fresh = files.write("fresh.nft", &script)?;
         let rewrite = files.write(
             "rewrite.nft",
@@ -215,7 +200,7 @@ pub fn run(report: &mut Report, bin: &Path) -> Result<()> {
         nft_runs(ns, &["-f", &delete_s], 1)?;
         report.info(
             SCENARIO,
-            format!("{label}, ~{rules} statements: `nft -c` / load / rewrite in place / `nft -j list`, medians"),
+            format!("{label}, {lines}-line nft script: `nft -c` / load / rewrite in place / `nft -j list`, medians"),
             format!(
                 "{} / {} / {} / {} ms",
                 fmt_num(median(&checked)),
@@ -236,4 +221,19 @@ pub fn run(report: &mut Report, bin: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `nft -f` of multiwan's own ruleset for `mw`'s config, rewritten in place as its
+/// batches do (flush the table, add everything), `runs` times, on a scratch table in
+/// `ns`: the nft share of one daemon apply.
+pub fn rewrite_times(mw: &Instance, ns: &Netns, runs: usize) -> Result<Vec<f64>> {
+    let files = Files::new()?;
+    let script = plan_ruleset(mw, ns, SCRATCH)?;
+    let rewrite = files.write(
+        "rewrite.nft",
+        &format!("table inet {SCRATCH} {{\n}}\nflush table inet {SCRATCH}\n{script}"),
+    )?;
+    let times = nft_runs(ns, &["-f", &rewrite.to_string_lossy()], runs)?;
+    nft_runs(ns, &["delete", "table", "inet", SCRATCH], 1)?;
+    Ok(times)
 }

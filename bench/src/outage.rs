@@ -81,6 +81,8 @@ struct Trial {
     /// `applied` line (classic: `switched`) → start of the first connection through the
     /// backup.
     applied_to_backup: Option<f64>,
+    /// `applied` line → `link isp1: deleted N conntrack entries` line (flush_on_down).
+    applied_to_flush: Option<f64>,
     /// Failure in effect → the kernel's RTM_NEWLINK with NO-CARRIER for wan1 (carrier).
     kernel_event: Option<f64>,
     reason: String,
@@ -198,6 +200,10 @@ pub fn run(report: &mut Report, bin: &Path, trials: usize) -> Result<()> {
             order.swap(0, 1);
             order.swap(2, 3);
         }
+        // Stratified phase: trial i fails i/N of a probe interval later than trial 0,
+        // so the failures fall evenly over the probe schedule (whose phase is otherwise
+        // the same in every trial: the sequence start → warm-up → failure is fixed).
+        let phase = Duration::from_millis(INTERVAL_MS * i as u64 / trials as u64);
         for (method, failure) in order {
             util::check_interrupted()?;
             eprintln!(
@@ -206,8 +212,8 @@ pub fn run(report: &mut Report, bin: &Path, trials: usize) -> Result<()> {
                 failure.name()
             );
             let t = match method {
-                Method::Multiwan => o.multiwan_trial(failure),
-                Method::Classic => o.classic_trial(failure),
+                Method::Multiwan => o.multiwan_trial(failure, phase),
+                Method::Classic => o.classic_trial(failure, phase),
             };
             match t {
                 Ok(t) => done.push(t),
@@ -230,7 +236,16 @@ pub fn run(report: &mut Report, bin: &Path, trials: usize) -> Result<()> {
             }
         }
     }
-    summarize(report, &done);
+    // nft's share of an apply: this very ruleset rewritten in place, as the daemon's
+    // batch does, on a scratch table in the same router.
+    let nft = match crate::nfttime::rewrite_times(&o.mw, o.lab.router(), 10) {
+        Ok(v) => median(&v),
+        Err(e) => {
+            report.detail(SCENARIO, format!("timing nft failed: {e:#}"));
+            f64::NAN
+        }
+    };
+    summarize(report, &done, nft);
     Ok(())
 }
 
@@ -325,7 +340,7 @@ impl OutageLab {
     }
 
     /// Traffic, failure, wait for the backup, stop. Returns (attempts, cut, inject time).
-    fn failover(&self, failure: Failure) -> Result<Run> {
+    fn failover(&self, failure: Failure, phase: Duration) -> Result<Run> {
         // The kernel's own notification of the carrier change, as any listener gets it.
         let mut monitor_cmd = Command::new("ip");
         monitor_cmd
@@ -337,7 +352,7 @@ impl OutageLab {
         let events = LineLog::spawn(monitor.child().stdout.take().context("no stdout pipe")?);
         let mut injector = Injector::start(&self.lab, failure)?;
         let traffic = Traffic::start(self.lab.lan(), self.server(), EVERY, ATTEMPT_TIMEOUT);
-        util::sleep(PRE)?;
+        util::sleep(PRE + phase)?;
         let cut = injector.fire(failure)?;
         util::wait_until(MAX_WAIT, || {
             traffic
@@ -365,7 +380,7 @@ impl OutageLab {
         })
     }
 
-    fn multiwan_trial(&self, failure: Failure) -> Result<Trial> {
+    fn multiwan_trial(&self, failure: Failure, phase: Duration) -> Result<Trial> {
         let router = self.lab.router();
         self.heal_and_settle()?;
         self.mw.reset_state();
@@ -373,7 +388,7 @@ impl OutageLab {
         let result = (|| {
             self.wait_for_isp1()?;
             util::sleep(WARM)?;
-            self.failover(failure)
+            self.failover(failure, phase)
         })();
         let log = daemon.stop();
         let healed = self.heal();
@@ -400,8 +415,15 @@ impl OutageLab {
             .iter()
             .find(|a| a.at >= cut && a.isp == Some(2))
             .map(|a| a.at);
+        let flushed_at = applied.and_then(|(t, _)| {
+            lines
+                .iter()
+                .find(|(u, l)| u >= t && l.contains("link isp1: deleted"))
+                .map(|(u, _)| *u)
+        });
         Ok(Trial {
             method: Method::Multiwan,
+            applied_to_flush: applied.zip(flushed_at).map(|((t, _), f)| signed_ms(*t, f)),
             failure,
             to_backup: traffic::to_backup(attempts, cut, 2).map(ms),
             client: traffic::client_outage(attempts, cut).map(ms),
@@ -494,7 +516,7 @@ impl OutageLab {
         )
     }
 
-    fn classic_trial(&self, failure: Failure) -> Result<Trial> {
+    fn classic_trial(&self, failure: Failure, phase: Duration) -> Result<Trial> {
         let router = self.lab.router();
         self.heal_and_settle()?;
         self.classic_setup()?;
@@ -512,7 +534,7 @@ impl OutageLab {
             }
             self.wait_for_isp1()?;
             util::sleep(WARM)?;
-            let r = self.failover(failure)?;
+            let r = self.failover(failure, phase)?;
             drop(guard); // kills the loop if it is still running
             Ok((r, log))
         })();
@@ -534,6 +556,7 @@ impl OutageLab {
             .map(|a| a.at);
         Ok(Trial {
             method: Method::Classic,
+            applied_to_flush: None,
             failure,
             to_backup: traffic::to_backup(attempts, cut, 2).map(ms),
             client: traffic::client_outage(attempts, cut).map(ms),
@@ -587,7 +610,7 @@ fn med_worst(v: &[f64]) -> String {
     s
 }
 
-fn summarize(report: &mut Report, trials: &[Trial]) {
+fn summarize(report: &mut Report, trials: &[Trial], nft_rewrite_ms: f64) {
     let pick = |m: Method, f: Failure| -> Vec<&Trial> {
         trials
             .iter()
@@ -652,8 +675,12 @@ fn summarize(report: &mut Report, trials: &[Trial]) {
     let applied = values(&mw_all, |t| t.applied_ms);
     report.at_most(
         SCENARIO,
-        "detection → applied: daemon's `applied N changes in X ms` after `-> down`, median / worst",
-        med_worst(&applied),
+        "detection → applied: daemon's `applied N changes in X ms` after `-> down`, median / worst; next to it, `nft -f` of this ruleset rewritten in place (what its batch does)",
+        format!(
+            "{}; nft alone {} ms",
+            med_worst(&applied),
+            fmt_num(nft_rewrite_ms)
+        ),
         median(&applied),
         5.0,
         "ms",
@@ -730,6 +757,13 @@ fn summarize(report: &mut Report, trials: &[Trial]) {
             report.detail(
                 SCENARIO,
                 format!(
+                    "{name}: `applied` line → `deleted N conntrack entries` line (flush_on_down; the status file and its `nft list` of counters come first) (ms): {}",
+                    fmt_list(&values(set, |t| t.applied_to_flush))
+                ),
+            );
+            report.detail(
+                SCENARIO,
+                format!(
                     "{name}: `applied … in X ms` (X): {}; `-> down` → `applied` line arrival (ms): {}",
                     fmt_list(&values(set, |t| t.applied_ms)),
                     fmt_list(&values(set, |t| t.down_to_applied))
@@ -752,7 +786,7 @@ fn summarize(report: &mut Report, trials: &[Trial]) {
     }
     report.detail(
         SCENARIO,
-        "times are measured from the instant the failure is written to an `nft -i` / `ip -batch -` already running in ISP 1 (no process start-up in between); connection attempts start every 20 ms, so outages are quantized to 20 ms",
+        "times are measured from the instant the failure is written to an `nft -i` / `ip -batch -` already running in ISP 1 (no process start-up in between); connection attempts start every 20 ms, so outages are quantized to 20 ms; trial i (of N) injects the failure i/N × 200 ms later than trial 0, spreading the failures evenly over the probe interval",
     );
 }
 

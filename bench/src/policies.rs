@@ -191,8 +191,9 @@ fn readable(fd: i32, ms: i32) -> bool {
     unsafe { libc::poll(&mut p, 1, ms) > 0 }
 }
 
-/// A connection-rate run: (completed per second, failed attempts).
-fn conn_rate(pl: &PolicyLab, seconds: u64) -> Result<(f64, u64)> {
+/// A connection-rate run: (completed per second, failed attempts, other processes' share
+/// of the machine's CPU meanwhile, %).
+fn conn_rate(pl: &PolicyLab, seconds: u64) -> Result<(f64, u64, f64)> {
     let addr = SocketAddr::new(pl.server(), CONN_PORT);
     let listener = pl
         .lab
@@ -218,6 +219,7 @@ fn conn_rate(pl: &PolicyLab, seconds: u64) -> Result<(f64, u64)> {
         }));
     }
 
+    let cpu0 = util::cpu_sample();
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -257,6 +259,7 @@ fn conn_rate(pl: &PolicyLab, seconds: u64) -> Result<(f64, u64)> {
         let _ = c.join();
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let foreign = util::cpu_sample().foreign_pct_since(&cpu0);
     stop.store(true, Ordering::Relaxed);
     for s in servers {
         let _ = s.join();
@@ -264,6 +267,7 @@ fn conn_rate(pl: &PolicyLab, seconds: u64) -> Result<(f64, u64)> {
     Ok((
         done.load(Ordering::Relaxed) as f64 / elapsed,
         failed.load(Ordering::Relaxed),
+        foreign,
     ))
 }
 
@@ -284,6 +288,7 @@ fn alternate(
         for k in order {
             util::check_interrupted()?;
             pl.set(setups[k])?;
+            eprintln!("multiwan-bench:   round {}: {:?}", i + 1, setups[k]);
             values[k].push(measure(pl)?);
         }
     }
@@ -302,12 +307,13 @@ pub fn throughput(
         Ok(pl.iperf(seconds)? / 1e9)
     })?;
     let (base, mw) = (&v[0], &v[1]);
-    let ratio = median(mw) / median(base);
+    let ratios: Vec<f64> = mw.iter().zip(base).map(|(m, b)| m / b).collect();
+    let ratio = median(&ratios);
     report.at_least(
         S,
-        format!("iperf3 LAN → inet, one TCP stream: multiwan (3 links, {RULES} rules) / baseline (plain masquerade), medians"),
+        format!("iperf3 LAN → inet, one TCP stream: multiwan (3 links, {RULES} rules) / baseline (plain masquerade), median of per-round ratios (n={repeats})"),
         format!(
-            "{} / {} Gbit/s = {ratio:.3}",
+            "{ratio:.3} ({} vs {} Gbit/s, medians)",
             fmt_num(median(mw)),
             fmt_num(median(base))
         ),
@@ -335,13 +341,15 @@ pub fn connrate(
     const S: &str = "connrate";
     eprintln!("multiwan-bench: connrate: {repeats} runs per setup of {seconds} s");
     let mut failures = Vec::new();
+    let mut foreign = Vec::new();
     let v = alternate(
         pl,
         repeats,
         &[Setup::Baseline, Setup::Multiwan, Setup::MultiwanNoRules],
         |pl| {
-            let (rate, failed) = conn_rate(pl, seconds)?;
+            let (rate, failed, other) = conn_rate(pl, seconds)?;
             failures.push(failed);
+            foreign.push(other);
             if rate <= 0.0 {
                 bail!("no connection completed");
             }
@@ -349,42 +357,58 @@ pub fn connrate(
         },
     )?;
     let (base, mw, bare) = (&v[0], &v[1], &v[2]);
-    let ratio = median(mw) / median(base);
+    // Each round measured the three setups back to back: compare within rounds.
+    let ratios: Vec<f64> = mw.iter().zip(base).map(|(m, b)| m / b).collect();
+    let bare_ratios: Vec<f64> = bare.iter().zip(base).map(|(m, b)| m / b).collect();
+    let ratio = median(&ratios);
     report.at_least(
         S,
-        format!("new TCP connections/s LAN → inet ({CLIENT_THREADS} clients, {seconds} s): multiwan ({RULES} rules walked) / baseline, medians"),
-        format!("{} / {} per s = {ratio:.3}", fmt_num(median(mw)), fmt_num(median(base))),
+        format!("new TCP connections/s LAN → inet ({CLIENT_THREADS} clients, {seconds} s runs): multiwan ({RULES} rules) / baseline, median of per-round ratios (n={repeats})"),
+        format!(
+            "{ratio:.3} ({} vs {} per s, medians)",
+            fmt_num(median(mw)),
+            fmt_num(median(base))
+        ),
         ratio,
         0.9,
         "≥ 0.9",
     );
-    let bare_ratio = median(bare) / median(base);
     report.info(
         S,
-        "same, multiwan with the 3 links and no rules / baseline (multiwan's fixed cost, without the rules)",
-        format!("{} per s = {bare_ratio:.3}", fmt_num(median(bare))),
+        "same, multiwan with the 3 links and no rules / baseline (multiwan's fixed cost)",
+        format!(
+            "{:.3} ({} per s)",
+            median(&bare_ratios),
+            fmt_num(median(bare))
+        ),
     );
-    // Per new connection, from the rates: CPU time the machine spends more.
     let per_conn = |rate: f64| 1e6 / rate;
     report.detail(
         S,
         format!(
-            "connections/s per run (ABBA order): baseline {} | multiwan, {RULES} rules {} | multiwan, no rules {}; failed attempts per run: {:?}",
+            "connections/s per round: baseline {} | multiwan, {RULES} rules {} | multiwan, no rules {}; per-round ratios {} (rules) and {} (no rules); failed attempts per run: {:?}",
             fmt_list(base),
             fmt_list(mw),
             fmt_list(bare),
+            ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" "),
+            bare_ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" "),
             failures
         ),
     );
     report.detail(
         S,
         format!(
-            "inverse rate (µs per connection, 4 clients on the 2 shared cores): baseline {} | no rules {} | {RULES} rules {}: the rules add {} µs per new connection, ~{} ns per rule walked (of inverse rate; in CPU time up to twice that when both cores are saturated)",
+            "CPU used by other processes during each run, % of the machine (run order): {}",
+            fmt_list(&foreign)
+        ),
+    );
+    report.detail(
+        S,
+        format!(
+            "inverse rate (µs per connection, {CLIENT_THREADS} clients on the shared cores): baseline {} | no rules {} | {RULES} rules {}",
             fmt_num(per_conn(median(base))),
             fmt_num(per_conn(median(bare))),
             fmt_num(per_conn(median(mw))),
-            fmt_num(per_conn(median(mw)) - per_conn(median(bare))),
-            fmt_num((per_conn(median(mw)) - per_conn(median(bare))) * 1000.0 / RULES as f64)
         ),
     );
     Ok(())

@@ -133,6 +133,62 @@ pub fn fmt_list(values: &[f64]) -> String {
         .join(" ")
 }
 
+// ------------------------------------------------------------------ CPU accounting
+
+/// Machine-wide busy and total CPU time (`/proc/stat`) and this process's own (all its
+/// threads, `/proc/self/stat`), in clock ticks.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSample {
+    busy: u64,
+    total: u64,
+    me: u64,
+}
+
+pub fn cpu_sample() -> CpuSample {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = f.iter().sum();
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    let me = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|t| {
+            let rest = t.rsplit_once(')')?.1.to_string();
+            let v: Vec<u64> = rest
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            Some(v.iter().sum())
+        })
+        .unwrap_or(0);
+    CpuSample {
+        busy: total - idle,
+        total,
+        me,
+    }
+}
+
+impl CpuSample {
+    /// Share of the machine's CPU (all cores, %) used since `earlier` by everything but
+    /// this process: other engineers' work, and kernel threads (softirq work done in
+    /// ksoftirqd counts here too).
+    pub fn foreign_pct_since(&self, earlier: &CpuSample) -> f64 {
+        let total = self.total.saturating_sub(earlier.total).max(1) as f64;
+        let busy = self.busy.saturating_sub(earlier.busy) as f64;
+        let me = self.me.saturating_sub(earlier.me) as f64;
+        ((busy - me) / total * 100.0).max(0.0)
+    }
+}
+
 // ------------------------------------------------------------------ line capture
 
 /// Every line a child writes on one stream, each with the instant it was read.
