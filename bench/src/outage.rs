@@ -351,7 +351,14 @@ impl OutageLab {
         let mut monitor = self.lab.router().spawn(&mut monitor_cmd)?;
         let events = LineLog::spawn(monitor.child().stdout.take().context("no stdout pipe")?);
         let mut injector = Injector::start(&self.lab, failure)?;
-        let traffic = Traffic::start(self.lab.lan(), self.server(), EVERY, ATTEMPT_TIMEOUT);
+        let server = self.server();
+        let traffic = Traffic::start(
+            self.lab.lan(),
+            server.ip(),
+            server.port(),
+            EVERY,
+            ATTEMPT_TIMEOUT,
+        );
         util::sleep(PRE + phase)?;
         let cut = injector.fire(failure)?;
         util::wait_until(MAX_WAIT, || {
@@ -757,7 +764,7 @@ fn summarize(report: &mut Report, trials: &[Trial], nft_rewrite_ms: f64) {
             report.detail(
                 SCENARIO,
                 format!(
-                    "{name}: `applied` line → `deleted N conntrack entries` line (flush_on_down; the status file and its `nft list` of counters come first) (ms): {}",
+                    "{name}: `applied` line → `deleted N conntrack entries` line (flush_on_down: ctnetlink count and delete by mark) (ms): {}",
                     fmt_list(&values(set, |t| t.applied_to_flush))
                 ),
             );
