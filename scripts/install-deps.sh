@@ -20,3 +20,7 @@ if ! command -v cargo >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y -qq cargo >/dev/null
 fi
+# The packaging test builds the .deb: cargo-deb, from crates.io (a no-op when present).
+if ! cargo deb --version >/dev/null 2>&1; then
+    cargo install cargo-deb --locked --quiet
+fi

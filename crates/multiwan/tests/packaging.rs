@@ -1,5 +1,5 @@
-//! The systemd unit and the Debian packaging metadata, checked statically (no
-//! cargo-deb needed). `systemd-analyze verify` runs too where that binary exists.
+//! The systemd unit and the Debian packaging: checked statically, `systemd-analyze
+//! verify` where that binary exists, and a real `cargo deb` build listed with `dpkg -c`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -218,4 +218,51 @@ fn systemd_analyze_verify_where_available() {
         .filter(|l| l.contains("multiwan.service"))
         .collect();
     assert!(ours.is_empty(), "systemd-analyze verify:\n{stderr}");
+}
+
+/// The .deb really builds (cargo-deb, installed by scripts/test.sh) and `dpkg -c` lists
+/// what an operator expects. The package is made from the test build's binary (dev
+/// profile, stripped by cargo-deb) so CI does not build everything twice.
+#[test]
+fn the_deb_builds_and_dpkg_lists_the_expected_files() {
+    let out_dir = std::env::temp_dir().join(format!("mwdeb-{}", std::process::id()));
+    let build = Command::new(env!("CARGO"))
+        .current_dir(root())
+        .args([
+            "deb",
+            "-p",
+            "multiwan",
+            "--profile",
+            "dev",
+            "--no-build",
+            "-o",
+        ])
+        .arg(&out_dir)
+        .output()
+        .expect("running cargo deb");
+    assert!(
+        build.status.success(),
+        "cargo deb failed (scripts/test.sh installs cargo-deb: cargo install cargo-deb):\n{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let deb = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .expect("a .deb was written");
+    let listing = Command::new("dpkg").arg("-c").arg(&deb).output().unwrap();
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for want in [
+        "./usr/sbin/multiwan",
+        "./usr/lib/systemd/system/multiwan.service",
+        "./etc/multiwan/multiwan.toml",
+        "./etc/multiwan/hooks.d/",
+        "./usr/share/doc/multiwan/examples/two-isps-lte.toml",
+    ] {
+        assert!(
+            listing.lines().any(|l| l.ends_with(want)),
+            "dpkg -c does not list {want}:\n{listing}"
+        );
+    }
 }
