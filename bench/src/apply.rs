@@ -165,7 +165,7 @@ pub fn run(report: &mut Report, bin: &Path) -> Result<()> {
     );
     report.info(
         SCENARIO,
-        "same change with the full Kernel::apply (read back + `nft -c`), median",
+        "same change with the full Kernel::apply (read back), median",
         format!("{} ms", fmt_num(median(&full))),
     );
     report.info(

@@ -216,8 +216,8 @@ impl Kernel {
     ///
     /// Order, so the router is never without a way out: sysctls; routes added or
     /// replaced; rules added; the nft batch; stale rules deleted; stale routes deleted;
-    /// table names. The nft batch is checked with `nft -c` before anything is touched.
-    /// If a step up to and including the nft batch fails, what the earlier steps changed
+    /// table names. If a step up to and including the nft batch fails (nft refuses a
+    /// batch as a whole, so a failed batch changed nothing), what the earlier steps changed
     /// is put back; the later steps only remove what is no longer wanted, so a failure
     /// there leaves the new state in place with some leftovers for the next apply.
     pub async fn apply(&self, desired: &Desired) -> Result<ApplyReport> {
@@ -225,12 +225,12 @@ impl Kernel {
         nft::validate(&desired.nft)?;
         let own = Ownership::from(desired);
         let installed = self.read_installed(&own).await?;
-        self.apply_against(start, installed, desired, true).await
+        self.apply_against(start, installed, desired).await
     }
 
     /// Like [`Kernel::apply`], but trusts that `previous` (which this process applied
     /// successfully) is what is installed, instead of reading everything back: the
-    /// daemon's fast path for a link state change, where reading back and `nft -c`
+    /// daemon's fast path for a link state change, where reading everything back
     /// would cost more than the change itself. The daemon still does a full
     /// [`Kernel::apply`] at start, on reload and periodically, which repairs any drift.
     pub async fn apply_after(&self, previous: &Desired, desired: &Desired) -> Result<ApplyReport> {
@@ -255,7 +255,7 @@ impl Kernel {
             routes,
             nft: Existing::from_table(&previous.nft),
         };
-        self.apply_against(start, installed, desired, false).await
+        self.apply_against(start, installed, desired).await
     }
 
     async fn apply_against(
@@ -263,7 +263,6 @@ impl Kernel {
         start: Instant,
         installed: Installed,
         desired: &Desired,
-        check_nft: bool,
     ) -> Result<ApplyReport> {
         let mut report = ApplyReport::default();
 
@@ -284,9 +283,6 @@ impl Kernel {
         let (nft_table, nft_notes) = nft::with_live_cgroups(&desired.nft);
         let batch = (installed.nft.digest.as_deref() != Some(nft_table.digest.as_str()))
             .then(|| nft::to_batch(&nft_table, &installed.nft));
-        if let Some(batch) = batch.as_ref().filter(|_| check_nft) {
-            nft::check(batch)?;
-        }
 
         let mut undo: Vec<Undo> = Vec::new();
 

@@ -291,13 +291,16 @@ pub fn plan(input: &PlanInput) -> Desired {
             ));
         }
         if settings.local_traffic {
-            ip_rules.extend(rules::local_rules(config, &links, &[family]));
             ip_rules.push(rule(
                 priority::DEFAULT_POLICY,
                 RuleSelector::default(),
                 base,
             ));
         }
+    }
+    if settings.local_traffic {
+        // Once for all families: working out their priorities compares rules pairwise.
+        ip_rules.extend(rules::local_rules(config, &links, families));
     }
     ip_rules.sort();
     ip_rules.dedup();

@@ -413,15 +413,14 @@ fn local_ip_rule(rule: &Rule) -> bool {
 /// Whether some router-local packet could match both rules (by destination, protocol,
 /// ports and user).
 fn may_overlap(a: &Rule, b: &Rule) -> bool {
-    let nets = a.destination.is_empty()
-        || b.destination.is_empty()
-        || a.destination.iter().any(|n| {
-            b.destination
-                .iter()
-                .any(|m| overlap(&n.trunc(), &m.trunc()))
-        });
+    // Cheap tests first: for the common "many destinations" config only the prefix
+    // test below does any work. Prefixes were validated to have no host bits.
     let proto =
         a.protocol == Protocol::Any || b.protocol == Protocol::Any || a.protocol == b.protocol;
+    let user = a.user.is_none() || b.user.is_none() || a.user == b.user;
+    if !(proto && user) {
+        return false;
+    }
     let ports = a.destination_port.is_empty()
         || b.destination_port.is_empty()
         || a.destination_port.iter().any(|p| {
@@ -429,8 +428,12 @@ fn may_overlap(a: &Rule, b: &Rule) -> bool {
                 .iter()
                 .any(|q| p.first <= q.last && q.first <= p.last)
         });
-    let user = a.user.is_none() || b.user.is_none() || a.user == b.user;
-    nets && proto && ports && user
+    ports
+        && (a.destination.is_empty()
+            || b.destination.is_empty()
+            || a.destination
+                .iter()
+                .any(|n| b.destination.iter().any(|m| overlap(n, m))))
 }
 
 /// Number of priorities router-local rules can use: `LOCAL_RULES ..= DEFAULT_POLICY - 1`.
