@@ -166,36 +166,47 @@ fn destination_only(rule: &Rule) -> bool {
 }
 
 /// Consecutive destination-only rules gathered into one verdict map.
+///
+/// First match is kept exactly, whatever overlaps: each rule gets only the part of its
+/// prefixes that no earlier rule of the group covers (cut into CIDR blocks), so the
+/// map's entries never overlap and a lookup finds the rule that would have matched
+/// first. A rule whose prefix covers only earlier entries with its own verdict takes
+/// them over whole, which keeps the map small.
 #[derive(Default)]
 struct DestinationGroup<'c> {
     rules: Vec<&'c Rule>,
-    /// (prefix, verdict) in rule order; prefixes of different verdicts never overlap.
+    /// (prefix, verdict); the prefixes are disjoint.
     entries: Vec<(IpNet, Verdict)>,
 }
 
 impl<'c> DestinationGroup<'c> {
-    /// Whether `rule` can join without changing what matches first: none of its
-    /// prefixes may overlap a prefix of the group that has another verdict.
-    fn fits(&self, rule: &Rule, verdict: &Verdict) -> bool {
-        rule.destination.iter().all(|n| {
-            let n = n.trunc();
-            self.entries
-                .iter()
-                .all(|(m, v)| v == verdict || !overlap(&n, m))
-        })
-    }
-
     fn push(&mut self, rule: &'c Rule, verdict: Verdict) {
         self.rules.push(rule);
         for n in &rule.destination {
             let n = n.trunc();
-            // Same verdict: an earlier wider prefix already covers it, or it covers
-            // earlier narrower ones (nft refuses overlapping intervals).
+            // Already covered whole by an earlier (wider) entry: that one matches first.
             if self.entries.iter().any(|(m, _)| m.contains(&n)) {
                 continue;
             }
-            self.entries.retain(|(m, _)| !n.contains(m));
-            self.entries.push((n, verdict.clone()));
+            let inside: Vec<IpNet> = self
+                .entries
+                .iter()
+                .filter(|(m, _)| n.contains(m))
+                .map(|(m, _)| *m)
+                .collect();
+            if self
+                .entries
+                .iter()
+                .filter(|(m, _)| n.contains(m))
+                .all(|(_, v)| *v == verdict)
+            {
+                self.entries.retain(|(m, _)| !n.contains(m));
+                self.entries.push((n, verdict.clone()));
+                continue;
+            }
+            for piece in uncovered(n, &inside) {
+                self.entries.push((piece, verdict.clone()));
+            }
         }
     }
 
@@ -246,6 +257,29 @@ fn short(name: &str) -> String {
     }
 }
 
+/// `n` minus the prefixes `inside` (all inside `n`), as CIDR blocks.
+fn uncovered(n: IpNet, inside: &[IpNet]) -> Vec<IpNet> {
+    if inside.is_empty() {
+        return vec![n];
+    }
+    if inside.iter().any(|m| *m == n) {
+        return Vec::new();
+    }
+    let Ok(halves) = n.subnets(n.prefix_len() + 1) else {
+        return Vec::new();
+    };
+    halves
+        .flat_map(|half| {
+            let within: Vec<IpNet> = inside
+                .iter()
+                .filter(|m| half.contains(*m))
+                .copied()
+                .collect();
+            uncovered(half, &within)
+        })
+        .collect()
+}
+
 fn overlap(a: &IpNet, b: &IpNet) -> bool {
     a.contains(b) || b.contains(a)
 }
@@ -253,8 +287,8 @@ fn overlap(a: &IpNet, b: &IpNet) -> bool {
 /// The `classify` rules of `[[rules]]`, in order (first match wins). A rule with
 /// prefixes of both families becomes one nft rule per family; `user` and `cgroup`
 /// rules match router-local traffic only, so they never appear here. Runs of
-/// destination-only rules become one `daddr vmap` per family where that keeps the
-/// first match (no prefix in the run overlaps one with another target). Verdicts in a
+/// destination-only rules become one `daddr vmap` per family that keeps the first
+/// match ([`DestinationGroup`]). Verdicts in a
 /// map are gotos only (nft cannot put `reject` there, and nft 1.0.6's JSON parser
 /// refuses the `drop` the nftables crate writes), so `unreachable` and `blackhole`
 /// there go to one-rule chains that reject or drop.
@@ -275,9 +309,6 @@ pub(crate) fn classify_rules(config: &Config, log_group: Option<u16>) -> Vec<Nft
             Verdict::Drop => Verdict::Goto(CHAIN_BLACKHOLE.into()),
             v => v,
         };
-        if !group.fits(rule, &verdict) {
-            std::mem::take(&mut group).lower(config, log_group, &mut out);
-        }
         group.push(rule, verdict);
     }
     group.lower(config, log_group, &mut out);
@@ -533,6 +564,7 @@ pub(crate) fn local_rules(config: &Config, links: &[Resolved], families: &[Famil
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
     use std::path::Path;
 
     use super::*;
@@ -636,13 +668,9 @@ mod tests {
             ]
             .concat(),
         );
-        let mut rules = classify_rules(&c, None);
-        // A run of one rule keeps its own form (and may reject).
-        let last = rules.pop().unwrap();
-        assert_eq!(
-            crate::render::nft_text::rule(&last),
-            "ip daddr { 198.18.3.0/24 } reject with icmpx type host-unreachable comment \"rule rule5\""
-        );
+        let rules = classify_rules(&c, None);
+        // One run for all five (the unreachable target is a goto in the map), one map
+        // per family, whose entries never overlap.
         let maps: Vec<(IpVersion, Vec<(String, Verdict)>)> = rules
             .iter()
             .map(|r| match &r.actions[..] {
@@ -650,28 +678,103 @@ mod tests {
                 other => panic!("not a map: {other:?}"),
             })
             .collect();
-        let goto = |c: &str| Verdict::Goto(c.to_string());
+        assert_eq!(maps.len(), 2, "{maps:?}");
+        let lookup = |addr: &str| -> Option<String> {
+            let addr: IpAddr = addr.parse().unwrap();
+            let hits: Vec<String> = maps
+                .iter()
+                .flat_map(|(_, e)| e.iter())
+                .filter(|(n, _)| n.parse::<IpNet>().unwrap().contains(&addr))
+                .map(|(_, v)| match v {
+                    Verdict::Goto(c) => c.clone(),
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            assert!(hits.len() <= 1, "{addr} is in {hits:?}");
+            hits.into_iter().next()
+        };
         assert_eq!(
-            maps,
-            vec![
-                (
-                    IpVersion::V4,
-                    vec![
-                        ("198.18.1.0/24".into(), goto("policy_via_a")),
-                        ("198.18.2.0/24".into(), goto("policy_via_b")),
-                    ]
-                ),
-                (
-                    IpVersion::V6,
-                    vec![("2001:db8::/32".into(), goto("policy_via_b"))]
-                ),
-                // 198.18.1.7 could not join (it overlaps a's /24); the /16 swallows it
-                // (same target); 198.18.3.0/24 (other target) starts a third run.
-                (
-                    IpVersion::V4,
-                    vec![("198.18.0.0/16".into(), goto("policy_via_b"))]
-                ),
-            ]
+            lookup("198.18.1.7").as_deref(),
+            Some("policy_via_a"),
+            "the /32 stays dead"
         );
+        assert_eq!(lookup("198.18.2.9").as_deref(), Some("policy_via_b"));
+        assert_eq!(
+            lookup("198.18.3.1").as_deref(),
+            Some("policy_via_b"),
+            "the /16 came first"
+        );
+        assert_eq!(lookup("198.18.200.1").as_deref(), Some("policy_via_b"));
+        assert_eq!(lookup("2001:db8::1").as_deref(), Some("policy_via_b"));
+        assert_eq!(lookup("198.19.0.1"), None);
+    }
+}
+
+#[cfg(test)]
+mod first_match_tests {
+    use super::*;
+
+    fn rule(dst: &str, target: &str) -> Rule {
+        Rule {
+            name: format!("{dst}->{target}"),
+            source: vec![],
+            destination: vec![dst.parse().unwrap()],
+            protocol: Protocol::Any,
+            destination_port: vec![],
+            input_interface: None,
+            user: None,
+            cgroup: None,
+            target: RuleTarget::Link(target.into()),
+            fallback: None,
+            log: false,
+        }
+    }
+
+    /// Overlapping rules with different targets in one map: every address gets the
+    /// target of the first rule that contains it, as a linear chain would give.
+    #[test]
+    fn one_map_keeps_the_first_match_over_nested_prefixes() {
+        let rules: Vec<Rule> = [
+            ("198.18.1.0/25", "b"),
+            ("198.18.1.0/24", "a"),
+            ("198.18.1.64/26", "c"),
+            ("198.18.0.0/16", "d"),
+            ("198.18.1.128/32", "e"),
+            ("198.18.2.0/24", "d"),
+        ]
+        .iter()
+        .map(|(d, t)| rule(d, t))
+        .collect();
+        let mut g = DestinationGroup::default();
+        for r in &rules {
+            let RuleTarget::Link(t) = &r.target else {
+                unreachable!()
+            };
+            g.push(r, Verdict::Goto(t.clone()));
+        }
+        for (i, (m, _)) in g.entries.iter().enumerate() {
+            for (n, _) in &g.entries[i + 1..] {
+                assert!(!overlap(m, n), "{m} and {n} overlap");
+            }
+        }
+        for host in 0..=65535u32 {
+            let addr = std::net::Ipv4Addr::from(0xc612_0000 | host);
+            let linear = rules
+                .iter()
+                .find(|r| r.destination[0].contains(&std::net::IpAddr::V4(addr)))
+                .map(|r| match &r.target {
+                    RuleTarget::Link(t) => t.clone(),
+                    _ => unreachable!(),
+                });
+            let mapped = g
+                .entries
+                .iter()
+                .find(|(n, _)| n.contains(&std::net::IpAddr::V4(addr)))
+                .map(|(_, v)| match v {
+                    Verdict::Goto(t) => t.clone(),
+                    _ => unreachable!(),
+                });
+            assert_eq!(linear, mapped, "{addr}");
+        }
     }
 }
