@@ -262,7 +262,7 @@ fn uncovered(n: IpNet, inside: &[IpNet]) -> Vec<IpNet> {
     if inside.is_empty() {
         return vec![n];
     }
-    if inside.iter().any(|m| *m == n) {
+    if inside.contains(&n) {
         return Vec::new();
     }
     let Ok(halves) = n.subnets(n.prefix_len() + 1) else {
