@@ -6,7 +6,7 @@ mod common;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use common::Harness;
+use common::{wait_until, Harness};
 use netns_lab::{outage_after, tcp_whoami, LongLivedConnection, Traffic};
 
 const PORT: u16 = 7100;
@@ -44,17 +44,6 @@ timeout = "200ms"
 
 fn server() -> IpAddr {
     IpAddr::V4(netns_lab::lab::addr::server(1))
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{what}: not within {timeout:?}");
 }
 
 /// The ISP new connections use now (one probe connection).

@@ -28,21 +28,6 @@ fn server() -> IpAddr {
     IpAddr::V4(addr::server(1))
 }
 
-fn wait_until(h: &Harness, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!(
-        "{what}: not within {timeout:?}\nstatus.json: {:#}\nlog:\n{}",
-        h.status(),
-        h.daemon_log()
-    );
-}
-
 /// The ISP a new connection from the LAN uses now (one whoami connection).
 fn current_isp(h: &Harness) -> Option<usize> {
     tcp_whoami(h.lab.lan(), server(), PORT, None, ATTEMPT)
@@ -195,7 +180,7 @@ fn serial_eight_percent_loss_keeps_the_primary_forty_percent_degrades_it() {
     );
     let _srv = h.lab.whoami_tcp(PORT).unwrap();
     let _daemon = h.start_daemon();
-    wait_until(&h, "isp1 up", Duration::from_secs(5), || {
+    h.wait_until("isp1 up", Duration::from_secs(5), || {
         link_status(&h, "isp1")["state"] == "up"
     });
     assert_eq!(current_isp(&h), Some(1));
@@ -269,7 +254,7 @@ fn serial_eight_percent_loss_keeps_the_primary_forty_percent_degrades_it() {
 
     drop_probes(&h, 1, "t_loss", "numgen inc mod 5 { 1, 3 }");
     let cut = Instant::now();
-    wait_until(&h, "isp1 degraded", Duration::from_secs(15), || {
+    h.wait_until("isp1 degraded", Duration::from_secs(15), || {
         link_status(&h, "isp1")["state"] == "degraded"
     });
     eprintln!("40 % loss: degraded after {:?}", cut.elapsed());
@@ -310,15 +295,12 @@ fn serial_eight_percent_loss_keeps_the_primary_forty_percent_degrades_it() {
 
     // The loss ends: back up (after the lossy rounds leave the window).
     remove_table(&h, 1, "t_loss");
-    wait_until(&h, "isp1 up again", Duration::from_secs(20), || {
+    h.wait_until("isp1 up again", Duration::from_secs(20), || {
         link_status(&h, "isp1")["state"] == "up"
     });
-    wait_until(
-        &h,
-        "new connections on isp1",
-        Duration::from_secs(3),
-        || current_isp(&h) == Some(1),
-    );
+    h.wait_until("new connections on isp1", Duration::from_secs(3), || {
+        current_isp(&h) == Some(1)
+    });
     conn.exchange(2_000).unwrap();
 }
 
@@ -341,7 +323,7 @@ fn serial_latency_above_max_rtt_degrades_the_link_until_it_is_fast_again() {
     let echo = SlowEcho::start(h.lab.inet(), Duration::ZERO).unwrap();
     let _srv = h.lab.whoami_tcp(PORT).unwrap();
     let _daemon = h.start_daemon();
-    wait_until(&h, "isp1 measured fast", Duration::from_secs(5), || {
+    h.wait_until("isp1 measured fast", Duration::from_secs(5), || {
         let s = link_status(&h, "isp1");
         s["state"] == "up" && s["rtt_ms"].as_f64().is_some_and(|r| r < 50.0)
     });
@@ -350,7 +332,7 @@ fn serial_latency_above_max_rtt_degrades_the_link_until_it_is_fast_again() {
 
     echo.set_delay(Duration::from_millis(400));
     let slow = Instant::now();
-    wait_until(&h, "isp1 degraded", Duration::from_secs(10), || {
+    h.wait_until("isp1 degraded", Duration::from_secs(10), || {
         link_status(&h, "isp1")["state"] == "degraded"
     });
     eprintln!("400 ms answers: degraded after {:?}", slow.elapsed());
@@ -364,17 +346,14 @@ fn serial_latency_above_max_rtt_degrades_the_link_until_it_is_fast_again() {
 
     echo.set_delay(Duration::ZERO);
     let fast = Instant::now();
-    wait_until(&h, "isp1 up again", Duration::from_secs(15), || {
+    h.wait_until("isp1 up again", Duration::from_secs(15), || {
         link_status(&h, "isp1")["state"] == "up"
     });
     eprintln!("fast again: up after {:?}", fast.elapsed());
     assert!(link_status(&h, "isp1")["rtt_ms"].as_f64().unwrap() <= 120.0);
-    wait_until(
-        &h,
-        "new connections on isp1",
-        Duration::from_secs(3),
-        || current_isp(&h) == Some(1),
-    );
+    h.wait_until("new connections on isp1", Duration::from_secs(3), || {
+        current_isp(&h) == Some(1)
+    });
     assert_eq!(
         transitions(&h, "isp1"),
         ["up -> degraded", "degraded -> up"]
@@ -520,20 +499,17 @@ fn gateway_ifindex_and_address_changes_are_followed_without_a_restart() {
 
     // The gateway moves.
     h.lab.move_gateway(1, 254).unwrap();
-    wait_until(
-        &h,
+    h.wait_until(
         "table 101 via the new gateway",
         Duration::from_secs(5),
         || table(&h).contains("default via 100.64.1.254 dev wan1"),
     );
-    wait_until(
-        &h,
+    h.wait_until(
         "isp1 up, traffic through it",
         Duration::from_secs(10),
         || link_status(&h, "isp1")["state"] == "up" && current_isp(&h) == Some(1),
     );
-    wait_until(
-        &h,
+    h.wait_until(
         "status shows the new gateway",
         Duration::from_secs(5),
         || link_status(&h, "isp1")["gateway"] == "100.64.1.254",
@@ -543,7 +519,7 @@ fn gateway_ifindex_and_address_changes_are_followed_without_a_restart() {
     // and a new address.
     let old_ifindex = h.lab.wan_ifindex(1).unwrap();
     h.lab.delete_wan(1).unwrap();
-    wait_until(&h, "isp1 down", Duration::from_secs(5), || {
+    h.wait_until("isp1 down", Duration::from_secs(5), || {
         link_status(&h, "isp1")["state"] == "down"
     });
     let new_ifindex = h.lab.restore_wan(1).unwrap();
@@ -556,15 +532,10 @@ fn gateway_ifindex_and_address_changes_are_followed_without_a_restart() {
         ])
         .unwrap();
     let new_addr: IpAddr = "100.64.1.7".parse().unwrap();
-    wait_until(
-        &h,
-        "isp1 up on the new wan1",
-        Duration::from_secs(10),
-        || {
-            let s = link_status(&h, "isp1");
-            s["state"] == "up" && s["addresses"][0] == "100.64.1.7/24"
-        },
-    );
+    h.wait_until("isp1 up on the new wan1", Duration::from_secs(10), || {
+        let s = link_status(&h, "isp1");
+        s["state"] == "up" && s["addresses"][0] == "100.64.1.7/24"
+    });
     // Its table has its route again (the kernel dropped it, silently, with the old
     // address), its rule names the new address, and traffic leaves from it.
     assert!(
@@ -573,8 +544,7 @@ fn gateway_ifindex_and_address_changes_are_followed_without_a_restart() {
         table(&h),
         h.daemon_log()
     );
-    wait_until(
-        &h,
+    h.wait_until(
         "connections from the new address",
         Duration::from_secs(5),
         || tcp_whoami(h.lab.lan(), server(), PORT, None, ATTEMPT).ok() == Some(new_addr),
@@ -616,7 +586,7 @@ fn serial_all_links_down_fallback_all_routes_unreachable_rejects_at_once() {
     assert_eq!(current_isp(&h), Some(1));
     drop_probes(&h, 1, "t_noping", "");
     drop_probes(&h, 2, "t_noping", "");
-    wait_until(&h, "both links down", Duration::from_secs(10), || {
+    h.wait_until("both links down", Duration::from_secs(10), || {
         link_status(&h, "isp1")["state"] == "down" && link_status(&h, "isp2")["state"] == "down"
     });
     for _ in 0..5 {
@@ -634,7 +604,7 @@ fn serial_all_links_down_fallback_all_routes_unreachable_rejects_at_once() {
     daemon.child().wait().unwrap();
     config("unreachable");
     let _daemon = h.start_daemon();
-    wait_until(&h, "both links down", Duration::from_secs(10), || {
+    h.wait_until("both links down", Duration::from_secs(10), || {
         link_status(&h, "isp1")["state"] == "down" && link_status(&h, "isp2")["state"] == "down"
     });
     for _ in 0..5 {
@@ -1068,7 +1038,7 @@ fn each_probe_method_detects_the_failure_it_checks() {
             "icmp" => h.lab.blackhole_isp(k, true).unwrap(),
             _ => unreachable!(),
         }
-        wait_until(&h, &format!("{name} down"), Duration::from_secs(10), || {
+        h.wait_until(&format!("{name} down"), Duration::from_secs(10), || {
             link_status(&h, name)["state"] == "down"
         });
         let reason = link_status(&h, name)["reason"].to_string();
@@ -1096,12 +1066,9 @@ fn each_probe_method_detects_the_failure_it_checks() {
             "icmp" => h.lab.blackhole_isp(k, false).unwrap(),
             _ => unreachable!(),
         }
-        wait_until(
-            &h,
-            &format!("{name} up again"),
-            Duration::from_secs(10),
-            || link_status(&h, name)["state"] == "up",
-        );
+        h.wait_until(&format!("{name} up again"), Duration::from_secs(10), || {
+            link_status(&h, name)["state"] == "up"
+        });
     }
     // Each went down by its own probes' rounds, not by its interface.
     let log = h.daemon_log();

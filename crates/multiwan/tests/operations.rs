@@ -12,7 +12,7 @@ use std::process::{Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{multiwan_bin, Harness};
+use common::{multiwan_bin, wait_until, Harness};
 use netns_lab::{tcp_whoami, LongLivedConnection};
 use serde_json::Value;
 
@@ -45,17 +45,6 @@ fn primary_backup() -> String {
 
 fn server() -> IpAddr {
     IpAddr::V4(netns_lab::lab::addr::server(1))
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{what}: not within {timeout:?}");
 }
 
 /// The ISP a new connection from the LAN leaves through.

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use multiwan::plan::{Facts, InterfaceFacts};
 use netns_lab::{Lab, LabBuilder, Netns};
@@ -111,7 +112,7 @@ impl Harness {
             .router()
             .spawn(&mut cmd)
             .expect("starting multiwan run");
-        self.wait_for_log("multiwan: running", std::time::Duration::from_secs(10));
+        self.wait_for_log("multiwan: running", Duration::from_secs(10));
         child
     }
 
@@ -124,18 +125,13 @@ impl Harness {
     }
 
     /// Waits until the daemon's log contains `needle` (panics with the log otherwise).
-    pub fn wait_for_log(&self, needle: &str, timeout: std::time::Duration) {
-        let start = std::time::Instant::now();
-        while start.elapsed() < timeout {
-            if self.daemon_log().contains(needle) {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        if !poll(timeout, || self.daemon_log().contains(needle)) {
+            panic!(
+                "daemon log has no {needle:?} after {timeout:?}:\n{}",
+                self.daemon_log()
+            );
         }
-        panic!(
-            "daemon log has no {needle:?} after {timeout:?}:\n{}",
-            self.daemon_log()
-        );
     }
 
     /// The daemon's last status (`status.json` in the state directory).
@@ -153,6 +149,17 @@ impl Harness {
             .and_then(|l| l["state"].as_str())
             .unwrap_or("")
             .to_string()
+    }
+
+    /// [`wait_until`], and on failure the daemon's status and log in the message.
+    pub fn wait_until(&self, what: &str, timeout: Duration, f: impl FnMut() -> bool) {
+        if !poll(timeout, f) {
+            panic!(
+                "{what}: not within {timeout:?}\nstatus.json: {:#}\nlog:\n{}",
+                self.status(),
+                self.daemon_log()
+            );
+        }
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -310,4 +317,21 @@ pub fn with_cgroup2(ns: &Netns, program: &str) -> Command {
         .arg("sh")
         .arg(program);
     cmd
+}
+
+/// Checks `f` every 20 ms until it holds or `timeout` has passed; says whether it held.
+pub fn poll(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Waits until `f` holds; panics with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, f: impl FnMut() -> bool) {
+    assert!(poll(timeout, f), "{what}: not within {timeout:?}");
 }
