@@ -773,6 +773,11 @@ fn serial_hooks_run_with_their_environment() {
         h.daemon_log()
     );
 
+    // The hook writes its file before it exits; its output is logged when it has.
+    h.wait_for_log(
+        "multiwan: hook 10-env (isp1 up -> down): exit 0 in ",
+        Duration::from_secs(5),
+    );
     let log = h.daemon_log();
     assert!(
         log.contains(
