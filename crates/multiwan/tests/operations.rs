@@ -924,6 +924,11 @@ fn serial_reload_changes_weights_and_refuses_bad_files() {
 
     // A reload also repairs what was changed behind the daemon's back.
     std::fs::write(&h.config_path, &good).unwrap();
+    // Let the long-lived connection go quiet first (its delayed ACK): a packet sent
+    // while the table is gone leaves without its mark and NAT, and the server resets
+    // the connection; that is what deleting multiwan's table does, not what reload
+    // repairs.
+    std::thread::sleep(Duration::from_millis(300));
     h.router()
         .nft(&format!("delete table inet {}", h.nft_table))
         .unwrap();
