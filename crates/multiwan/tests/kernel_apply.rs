@@ -653,8 +653,10 @@ fn assert_nothing_owned(lab: &Lab, d: &Desired) {
     let rules = lab.rules();
     for line in rules.lines() {
         let prio: u32 = line.split(':').next().unwrap().trim().parse().unwrap();
+        // Only tagged rules are multiwan's (a foreign one in the range stays).
+        let tagged = line.contains("proto multiwan") || line.contains("proto 77");
         assert!(
-            !(1000..=1999).contains(&prio),
+            !(tagged && (1000..=1999).contains(&prio)),
             "owned rule left: {line}\n{rules}"
         );
     }
@@ -756,11 +758,11 @@ fn apply_installs_everything_and_second_apply_changes_nothing() {
     let t101 = lab.table(101);
     assert!(t101.contains("default via 192.0.2.1 dev wan1"), "{t101}");
     assert!(
-        t101.contains("unreachable default proto static metric 4294967295"),
+        t101.contains("unreachable default proto multiwan metric 4294967295"),
         "{t101}"
     );
     assert!(
-        t101.contains("default via 2001:db8:1::1 dev wan1 proto static metric 1024"),
+        t101.contains("default via 2001:db8:1::1 dev wan1 proto multiwan metric 1024"),
         "{t101}"
     );
     let t100 = lab.table(100);
@@ -779,7 +781,7 @@ fn apply_installs_everything_and_second_apply_changes_nothing() {
     let t356 = lab.table(356);
     assert!(t356.contains("default via 192.0.2.1 dev wan1"), "{t356}");
     assert!(
-        t356.contains("blackhole 203.0.113.0/24 proto static metric 10"),
+        t356.contains("blackhole 203.0.113.0/24 proto multiwan metric 10"),
         "{t356}"
     );
 
@@ -888,12 +890,13 @@ fn foreign_state_survives_apply_and_flush() {
          nft add table ip mw; nft add chain ip mw c");
     std::fs::create_dir_all(&lab.rt_dir).unwrap();
     std::fs::write(lab.rt_dir.join("other.conf"), "200 other\n").unwrap();
-    // A rule inside multiwan's range is multiwan's: apply removes it.
+    // A rule inside multiwan's range that multiwan did not add (no `proto multiwan`
+    // tag) is foreign (SPEC §3, issue #9): apply and flush leave it.
     lab.sh("ip rule add pref 1500 lookup 77");
 
     let r = lab.apply(&d);
-    assert_eq!(r.rules_deleted, 1, "{:#?}", r.changes);
-    assert!(!lab.rules().contains("1500:"));
+    assert_eq!(r.rules_deleted, 0, "{:#?}", r.changes);
+    assert!(lab.rules().contains("1500:"));
     let f = lab.flush(&d);
     assert!(f.changed && f.nft && f.table_names);
     assert_eq!(f.rules_deleted, d.rules.len());
@@ -902,6 +905,7 @@ fn foreign_state_survives_apply_and_flush() {
 
     let rules = lab.rules();
     for want in [
+        "1500:\tfrom all lookup 77",
         "900:\tfrom all fwmark 0x5 lookup 200",
         "3000:\tfrom 192.0.2.0/24 lookup 200",
         "3000:\tfrom all lookup 200",

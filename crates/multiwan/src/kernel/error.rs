@@ -52,6 +52,13 @@ pub enum KernelError {
     #[error("cannot install {what}: {why}; this is a bug in multiwan, please report it with the output of `multiwan plan`")]
     Invalid { what: String, why: String },
 
+    /// A flush went on past failures; these are all of them.
+    #[error("flush removed {removed} objects, but {} steps failed: {}; fix the cause and run `multiwan flush` again (it removes only what is left)", errors.len(), list(errors))]
+    Flush {
+        removed: usize,
+        errors: Vec<KernelError>,
+    },
+
     /// One step of an apply failed; says what became of the earlier steps.
     #[error("apply failed at step `{step}`: {source}{rollback}")]
     Step {
@@ -111,6 +118,11 @@ impl KernelError {
             },
         }
     }
+}
+
+fn list(errors: &[KernelError]) -> String {
+    let all: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    all.join("; ")
 }
 
 /// Results of the kernel layer.
