@@ -139,7 +139,7 @@ impl Lab {
     }
 
     fn counters(&self) -> std::collections::BTreeMap<String, u64> {
-        self.with_kernel(|k| async move { k.read_counters("mw") })
+        self.with_kernel(|k| async move { k.read_counters("mw").await })
             .unwrap_or_else(|e| panic!("read_counters failed: {e}"))
     }
 
@@ -1032,7 +1032,7 @@ fn conntrack_delete_by_mark_only_touches_that_mark() {
     ]
     .join("\n"));
     let deleted = lab
-        .with_kernel(|k| async move { k.delete_conntrack_by_mark(0x100, 0xff00) })
+        .with_kernel(|k| async move { k.delete_conntrack_by_mark(0x100, 0xff00).await })
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(deleted, 4);
     let left = lab.sh("conntrack -L 2>/dev/null; conntrack -L -f ipv6 2>/dev/null");
@@ -1049,7 +1049,7 @@ fn conntrack_delete_by_mark_only_touches_that_mark() {
         );
     }
     let again = lab
-        .with_kernel(|k| async move { k.delete_conntrack_by_mark(0x100, 0xff00) })
+        .with_kernel(|k| async move { k.delete_conntrack_by_mark(0x100, 0xff00).await })
         .unwrap();
     assert_eq!(again, 0);
 }

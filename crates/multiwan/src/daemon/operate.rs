@@ -263,7 +263,7 @@ impl Daemon {
         for (link, mark, state, _) in &gone {
             // Removed: the mark no longer routes. Re-created: the connections were
             // set up (source address, NAT) for the old interface or mark.
-            self.flush_connections(&link.name, *mark, mask);
+            self.flush_connections(&link.name, *mark, mask).await;
             if !fresh.contains(&link.name) {
                 let ev = self.hook_event(link, LinkState::Disabled.as_str(), state.as_str());
                 self.queue_hook(ev);
@@ -274,7 +274,7 @@ impl Daemon {
             let ev = self.hook_event(&rt.link, rt.health.state().as_str(), "none");
             self.queue_hook(ev);
         }
-        self.after_apply(&transitions);
+        self.after_apply(&transitions).await;
         self.write_status();
 
         let what = if notes.is_empty() {

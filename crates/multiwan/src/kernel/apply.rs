@@ -10,7 +10,7 @@ use std::time::Instant;
 use super::diff::{KernelDiff, Step, Undo, UndoLog};
 use super::sysctl::Ipv6;
 use super::{
-    facts, nft, routes, rt_protos, rt_tables, rules, step, sysctl, ApplyReport, Existing,
+    blocking, facts, nft, routes, rt_protos, rt_tables, rules, step, sysctl, ApplyReport, Existing,
     Installed, InstalledRoute, InstalledRule, Kernel, KernelError, Ownership, Result, Rollback,
 };
 use crate::plan::{Desired, Family};
@@ -123,7 +123,8 @@ impl Kernel {
             }
         }
         // Host-global and cosmetic (names for `ip route`): a failure is logged, not fatal.
-        match rt_protos::write(&self.rt_protos_dir) {
+        let dir = self.rt_protos_dir.clone();
+        match blocking(move || rt_protos::write(&dir)).await {
             Ok(true) => report.push(format!(
                 "wrote {}",
                 rt_protos::path(&self.rt_protos_dir).display()
@@ -162,7 +163,7 @@ impl Kernel {
             Step::NftWrite {
                 name, batch, notes, ..
             } => {
-                nft::send(batch, name)?;
+                nft::send(batch, name).await?;
                 report.nft = true;
                 report.push(s.to_string());
                 for note in notes {
@@ -179,14 +180,16 @@ impl Kernel {
                 report.routes_deleted += 1;
             }
             Step::NftDelete(name) => {
-                if nft::delete_table(name)? {
+                if nft::delete_table(name).await? {
                     report.nft = true;
                     report.push(s.to_string());
                 }
                 return Ok(None);
             }
             Step::TableNames { nft_table, names } => {
-                if rt_tables::write(&self.rt_tables_dir, nft_table, names)? {
+                let (dir, table, list) =
+                    (self.rt_tables_dir.clone(), nft_table.clone(), names.clone());
+                if blocking(move || rt_tables::write(&dir, &table, &list)).await? {
                     report.table_names = true;
                     report.push(format!(
                         "{} {}",
@@ -251,7 +254,7 @@ impl Kernel {
                 routes::read_tagged(&self.handle, &families, &names).await,
                 &mut errors,
             ),
-            nft: ok(Existing::read(&own.nft_table), &mut errors),
+            nft: ok(Existing::read(&own.nft_table).await, &mut errors),
         };
         for s in KernelDiff::flush(&installed, own).steps {
             if let Err(e) = self.run_step(&s, &mut report).await {

@@ -209,18 +209,36 @@ impl Kernel {
         Ok(Installed {
             rules: rules::read_families(&self.handle, own.priorities, families).await?,
             routes,
-            nft: Existing::read(&own.nft_table)?,
+            nft: Existing::read(&own.nft_table).await?,
         })
     }
 
-    /// Packets per named counter of the nft table.
-    pub fn read_counters(&self, nft_table: &str) -> Result<BTreeMap<String, u64>> {
-        nft::read_counters(nft_table)
+    /// Packets per named counter of the nft table (runs `nft` asynchronously).
+    pub async fn read_counters(&self, nft_table: &str) -> Result<BTreeMap<String, u64>> {
+        nft::read_counters(nft_table).await
+    }
+
+    /// [`Kernel::read_counters`] for a synchronous caller: blocks while `nft` runs. Only
+    /// for code that cannot await yet (the daemon's status should read a cache instead).
+    pub fn read_counters_blocking(&self, nft_table: &str) -> Result<BTreeMap<String, u64>> {
+        nft::read_counters_blocking(nft_table)
     }
 
     /// Deletes the conntrack entries carrying `mark` under `mask`; returns how many.
-    pub fn delete_conntrack_by_mark(&self, mark: u32, mask: u32) -> Result<usize> {
-        conntrack::delete_by_mark(mark, mask)
+    /// The ctnetlink dump and deletes run on tokio's blocking pool (its threads are
+    /// started from this runtime, so they share the caller's network namespace).
+    pub async fn delete_conntrack_by_mark(&self, mark: u32, mask: u32) -> Result<usize> {
+        blocking(move || conntrack::delete_by_mark(mark, mask)).await
+    }
+}
+
+/// Runs blocking kernel I/O (ctnetlink, files under /etc) off the event loop.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
 
