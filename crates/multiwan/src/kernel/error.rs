@@ -127,3 +127,35 @@ fn list(errors: &[KernelError]) -> String {
 
 /// Results of the kernel layer.
 pub type Result<T, E = KernelError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flush_error_lists_every_failure() {
+        let e = KernelError::Flush {
+            removed: 3,
+            errors: vec![
+                KernelError::Invalid {
+                    what: "a".into(),
+                    why: "one".into(),
+                },
+                KernelError::Conntrack {
+                    what: "b".into(),
+                    detail: "two".into(),
+                },
+            ],
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with("flush removed 3 objects, but 2 steps failed"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cannot install a: one") && text.contains("while b: two"),
+            "{text}"
+        );
+        assert!(text.contains("run `multiwan flush` again"), "{text}");
+    }
+}

@@ -12,7 +12,7 @@ use netlink_packet_route::route::{RouteAttribute, RouteMessage, RouteType};
 use rtnetlink::Handle;
 
 use super::error::{KernelError, Result};
-use super::routes::{dump_family, table_of};
+use super::routes::{dump_table, table_of};
 use crate::plan::{Facts, Family, InterfaceFacts};
 
 const MAIN_TABLE: u32 = 254;
@@ -107,7 +107,8 @@ pub async fn read_facts(handle: &Handle) -> Result<Facts> {
     let mut gw6: BTreeMap<u32, (u32, std::net::Ipv6Addr)> = BTreeMap::new();
     let mut prefixes = BTreeSet::new();
     for family in [Family::V4, Family::V6] {
-        for msg in dump_family(handle, family).await? {
+        // Only the main table crosses the socket (strict checking filters the dump).
+        for msg in dump_table(handle, family, MAIN_TABLE).await? {
             if table_of(&msg) != MAIN_TABLE || msg.header.kind != RouteType::Unicast {
                 continue;
             }

@@ -89,11 +89,19 @@ fn ip_of(addr: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
-/// Every route of one family, all tables (facts read the main table's prefixes).
-pub(crate) async fn dump_family(handle: &Handle, family: Family) -> Result<Vec<RouteMessage>> {
+/// Every route of one family in table `table` (kernel-filtered with strict checking on;
+/// filtered here too for kernels without it).
+pub(crate) async fn dump_table(
+    handle: &Handle,
+    family: Family,
+    table: u32,
+) -> Result<Vec<RouteMessage>> {
     let mut req = RouteMessage::default();
     req.header.address_family = address_family(family);
-    dump(handle, req).await
+    req.attributes.push(RouteAttribute::Table(table));
+    let mut all = dump(handle, req).await?;
+    all.retain(|m| table_of(m) == table);
+    Ok(all)
 }
 
 async fn dump(handle: &Handle, req: RouteMessage) -> Result<Vec<RouteMessage>> {
@@ -159,13 +167,8 @@ pub async fn read_tables(
     let mut out = Vec::new();
     for family in families {
         for t in &tables {
-            let mut req = RouteMessage::default();
-            req.header.address_family = address_family(*family);
-            req.attributes.push(RouteAttribute::Table(*t));
-            for msg in dump(handle, req).await? {
-                if table_of(&msg) == *t {
-                    out.push(InstalledRoute::new(msg, names));
-                }
+            for msg in dump_table(handle, *family, *t).await? {
+                out.push(InstalledRoute::new(msg, names));
             }
         }
     }
