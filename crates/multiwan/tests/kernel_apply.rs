@@ -1053,3 +1053,72 @@ fn conntrack_delete_by_mark_only_touches_that_mark() {
         .unwrap();
     assert_eq!(again, 0);
 }
+
+/// `d` moved to another instance's ranges: tables +200, priorities +2000, nft table `mw2`.
+fn other_instance(d: &Desired) -> Desired {
+    let mut o = d.clone();
+    let moved = |t: u32| {
+        if d.owned_tables.contains(&t) {
+            t + 200
+        } else {
+            t
+        }
+    };
+    for r in &mut o.rules {
+        r.priority += 2000;
+        r.table = moved(r.table);
+    }
+    for r in &mut o.routes {
+        r.table = moved(r.table);
+    }
+    o.owned_tables = d.owned_tables.iter().map(|t| t + 200).collect();
+    o.owned_priorities = (3000, 3999);
+    o.nft.name = "mw2".into();
+    o.table_names = d
+        .table_names
+        .iter()
+        .map(|(t, n)| (t + 200, format!("{n}_2")))
+        .collect();
+    o
+}
+
+#[test]
+fn another_instance_and_untagged_objects_are_left_alone() {
+    let lab = Lab::new("instances");
+    let d = desired(&lab.facts(), &links());
+    let other = other_instance(&d);
+    lab.apply(&other);
+    let theirs = format!("{}{}", lab.rules(), lab.table(301));
+    // Untagged routes in one of multiwan's tables: a route by hand, and one that sits
+    // where multiwan wants its own (same destination and metric): neither is touched.
+    lab.sh("ip route add blackhole 203.0.113.0/24 table 101
+            ip route add unreachable default metric 4294967295 table 102 proto static");
+
+    let r = lab.apply(&d);
+    assert_eq!(
+        (r.rules_deleted, r.routes_deleted, r.routes_replaced),
+        (0, 0, 0),
+        "{:#?}",
+        r.changes
+    );
+    assert!(lab.table(101).contains("blackhole 203.0.113.0/24"));
+    assert!(
+        lab.table(102)
+            .contains("unreachable default proto static metric 4294967295"),
+        "{}",
+        lab.table(102)
+    );
+    let f = lab.flush(&d);
+    assert_eq!(f.rules_deleted, d.rules.len(), "{:#?}", f.changes);
+    assert_eq!(
+        f.routes_deleted,
+        d.routes.len() - 1,
+        "all but the one held by a foreign route: {:#?}",
+        f.changes
+    );
+    assert_eq!(format!("{}{}", lab.rules(), lab.table(301)), theirs);
+    assert!(lab.table(101).contains("blackhole 203.0.113.0/24"));
+    assert!(lab.table(102).contains("proto static"));
+    assert!(lab.sh("nft list tables").contains("table inet mw2"));
+    assert!(lab.rt_dir.join("mw2.conf").exists());
+}
