@@ -39,6 +39,16 @@ impl Kernel {
             .into_iter()
             .collect();
         let installed = self.read(&own, &tables, &self.families()).await?;
+        let foreign = installed
+            .routes
+            .iter()
+            .filter(|r| !own.owns_route(r))
+            .cloned()
+            .collect();
+        *self
+            .foreign_routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = foreign;
         self.apply_against(start, installed, &desired).await
     }
 
@@ -59,7 +69,12 @@ impl Kernel {
                 msg: rules::to_message(r)?,
             });
         }
-        let mut routes = Vec::with_capacity(previous.routes.len());
+        // What the last full read found that is not multiwan's, so it is never replaced.
+        let mut routes = self
+            .foreign_routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         for r in &previous.routes {
             routes.push(InstalledRoute {
                 route: Some(r.clone()),

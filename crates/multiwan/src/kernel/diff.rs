@@ -253,17 +253,17 @@ impl KernelDiff {
             match foreign.get(&routes::key(&r)) {
                 // Replacing it would delete someone else's route (NLM_F_REPLACE acts on
                 // the key): leave the desired one out and say so.
-                Some(f) => diff.conflicts.push(format!(
-                    "route {} not installed: table {} holds a route under the same destination and metric that multiwan did not install ({}); remove it or move multiwan's tables (`table_base`)",
-                    routes::describe(&r),
-                    r.table,
-                    routes::describe(f)
-                )),
+                Some(f) => diff.conflicts.push(conflict(&r, f)),
                 None => diff.steps.push(Step::RouteAdd(r)),
             }
         }
         for (old, new) in route_changes.replace.iter().cloned() {
-            diff.steps.push(Step::RouteReplace { old, new });
+            match foreign.get(&routes::key(&new)) {
+                // Only when the installed state is assumed (apply_after): what multiwan
+                // believes is its route under that key is in fact someone else's.
+                Some(f) => diff.conflicts.push(conflict(&new, f)),
+                None => diff.steps.push(Step::RouteReplace { old, new }),
+            }
         }
 
         let owned_rules: Vec<&InstalledRule> = installed
@@ -333,6 +333,15 @@ impl KernelDiff {
             conflicts: Vec::new(),
         }
     }
+}
+
+fn conflict(r: &Route, foreign: &Route) -> String {
+    format!(
+        "route {} not installed: table {} holds a route under the same destination and metric that multiwan did not install ({}); remove it or move multiwan's tables (`table_base`)",
+        routes::describe(r),
+        r.table,
+        routes::describe(foreign)
+    )
 }
 
 /// Deletes of owned rules: those the rule diff dropped, then those the model cannot

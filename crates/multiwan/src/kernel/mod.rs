@@ -128,6 +128,9 @@ pub struct Kernel {
     sysctl_root: PathBuf,
     /// The "IPv6 is off" line is logged once per process, not on every apply.
     ipv6_off_logged: std::sync::atomic::AtomicBool,
+    /// Untagged routes found by the last full read in the tables the plan writes:
+    /// [`Kernel::apply_after`] does not read them back, but must not replace them.
+    foreign_routes: std::sync::Mutex<Vec<InstalledRoute>>,
 }
 
 impl Drop for Kernel {
@@ -153,6 +156,7 @@ impl Kernel {
             rt_protos_dir: PathBuf::from(rt_protos::RT_PROTOS_DIR),
             sysctl_root: PathBuf::from(sysctl::PROC_SYS),
             ipv6_off_logged: std::sync::atomic::AtomicBool::new(false),
+            foreign_routes: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -184,7 +188,12 @@ impl Kernel {
 
     /// Interfaces, addresses, default gateways and main-table prefixes.
     pub async fn read_facts(&self) -> Result<Facts> {
-        facts::read_facts(&self.handle).await
+        // Without IPv6 in the kernel there is no IPv6 table to dump.
+        let families = match sysctl::Ipv6::of(&self.sysctl_root) {
+            sysctl::Ipv6::Absent => vec![Family::V4],
+            _ => vec![Family::V4, Family::V6],
+        };
+        facts::read_facts(&self.handle, &families).await
     }
 
     /// What multiwan may own now: every rule in its priority range and every tagged

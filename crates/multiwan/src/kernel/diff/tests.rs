@@ -463,3 +463,25 @@ fn undo_runs_newest_first() {
         ]
     );
 }
+
+#[test]
+fn a_foreign_route_under_a_replaced_key_is_not_replaced() {
+    // apply_after assumes its previous routes are installed; a foreign route under the
+    // same key (known from the last full read) wins over that assumption.
+    let mine = route(101, 0, RouteKind::Unicast(vec![hop("192.0.2.1", 2, 1)]));
+    let foreign = route(101, 0, RouteKind::Blackhole);
+    let inst = installed(
+        vec![],
+        vec![
+            installed_route(&mine, true),
+            installed_route(&foreign, false),
+        ],
+    );
+    let new = route(101, 0, RouteKind::Unicast(vec![hop("192.0.2.9", 2, 1)]));
+    let d = KernelDiff::new(&inst, &desired(vec![], vec![new]));
+    assert!(!d
+        .steps
+        .iter()
+        .any(|s| matches!(s, Step::RouteAdd(_) | Step::RouteReplace { .. })));
+    assert_eq!(d.conflicts.len(), 1, "{:?}", d.conflicts);
+}
