@@ -27,6 +27,7 @@ MAX_FN = 120
 # The intended dependency order, lowest first: a module may use only modules before it.
 # (The README's "Layout" section says the same.)
 ORDER = [
+    "logging",
     "status",
     "api",
     "config",

@@ -17,6 +17,7 @@ pub mod control;
 pub mod daemon;
 pub mod health;
 pub mod kernel;
+pub mod logging;
 pub mod plan;
 pub mod preflight;
 pub mod probe;
