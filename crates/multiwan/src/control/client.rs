@@ -5,8 +5,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use super::{ClientRequest, Refusal, Reply};
-use crate::daemon::Event;
+use crate::api::{ClientRequest, Event, Refusal, Reply};
 
 /// How long `status`, `reload` and `link` wait for the daemon's answer (a reload applies
 /// a plan, which takes milliseconds; this only guards against a stuck daemon).

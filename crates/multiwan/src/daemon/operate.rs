@@ -43,14 +43,15 @@
 
 use std::time::Instant;
 
+use crate::api::{Event, LinkAction, Refusal, Request};
 use crate::config::{Gateway, Link, Settings};
 use crate::control::hooks::HookEvent;
-use crate::control::{http, LinkAction, Refusal, Request};
+use crate::control::http;
 use crate::health::{Override, Transition};
 use crate::plan::LinkState;
 
 use super::links::LinkRuntime;
-use super::{Daemon, Event};
+use super::Daemon;
 
 impl Daemon {
     /// Serves one request from the control socket or the metrics listener.
