@@ -17,7 +17,7 @@ pub fn apply(config_path: &Path) -> CliResult {
     runtime()?.block_on(async {
         let kernel = Kernel::new().context("opening netlink")?;
         let facts = kernel.read_facts().await.context("reading interfaces")?;
-        let states = super::plan::with_carrier_states(LinkStates::new(), &config, &facts);
+        let states = super::common::with_carrier_states(LinkStates::new(), &config, &facts);
         let seed = StateDir::new(&config.settings.state_dir).seed()?;
         let desired = plan::plan(&PlanInput {
             config: &config,

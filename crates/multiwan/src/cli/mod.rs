@@ -6,6 +6,7 @@
 mod apply;
 mod check;
 mod client;
+mod common;
 mod demo;
 mod plan;
 
