@@ -43,7 +43,7 @@ pub fn socket(config: Option<&Path>, socket: Option<&Path>) -> PathBuf {
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Failure {
         match e {
-            ClientError::Unreachable(m) => Failure::Unreachable(m),
+            ClientError::NoDaemon(m) | ClientError::Unreachable(m) => Failure::Unreachable(m),
             ClientError::Refused(r) => Failure::Refused {
                 code: r.code,
                 message: r.message,
