@@ -34,6 +34,11 @@
 //! run time. After a reply (other than to `events`) the daemon closes the connection.
 //! A client that sends nothing for [`REQUEST_TIMEOUT`] is disconnected.
 //!
+//! The other way round, a client gives up on a daemon that accepts but does not answer
+//! (exit 3, like no daemon at all): [`client::ANSWER_TIMEOUT`] for `status`, `link` and
+//! the first line of `events`, [`client::RELOAD_TIMEOUT`] for `reload` (and `apply`
+//! handing over to a running daemon), [`client::CONNECT_TIMEOUT`] to be accepted.
+//!
 //! # Who owns what
 //!
 //! The socket server and the metrics listener are tasks on the daemon's event loop that
