@@ -36,7 +36,7 @@ impl Drop for ControlSocket {
 pub fn bind(path: &Path) -> Result<ControlSocket> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            if super::client::daemon_listens(path) {
                 bail!(
                     "another multiwan daemon answers on {}: stop it first (two daemons \
                      would fight over the same kernel state), or give this one its own \
