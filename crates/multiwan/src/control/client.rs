@@ -211,3 +211,68 @@ pub enum EventLine {
     /// This many events were dropped because the client read too slowly.
     Lagged(u64),
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::os::unix::net::UnixListener;
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn path(tag: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("mw-client-{}-{tag}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&p);
+        p
+    }
+
+    #[test]
+    fn only_a_listener_is_a_daemon() {
+        let missing = path("missing");
+        assert!(!daemon_listens(&missing));
+        assert!(matches!(
+            request(&missing, &ClientRequest::Status),
+            Err(ClientError::NoDaemon(_))
+        ));
+
+        let stale = path("stale");
+        drop(UnixListener::bind(&stale).unwrap());
+        assert!(!daemon_listens(&stale));
+        assert!(matches!(
+            request(&stale, &ClientRequest::Status),
+            Err(ClientError::NoDaemon(_))
+        ));
+
+        let live = path("live");
+        let listener = UnixListener::bind(&live).unwrap();
+        assert!(daemon_listens(&live));
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            // The probe above: a client that goes away without a word.
+            let mut nothing = Vec::new();
+            s.read_to_end(&mut nothing).unwrap();
+            assert!(nothing.is_empty());
+            let (s, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&s).read_line(&mut line).unwrap();
+            assert_eq!(line, "{\"request\":\"reload\"}\n");
+            (&s).write_all(Reply::refused(Refusal::usage("no")).to_line().as_bytes())
+                .unwrap();
+        });
+        match request(&live, &ClientRequest::Reload) {
+            Err(ClientError::Refused(r)) => assert_eq!(r, Refusal::usage("no")),
+            other => panic!("{other:?}"),
+        }
+        server.join().unwrap();
+        for p in [stale, live] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    #[test]
+    fn reload_may_take_longer_than_the_rest() {
+        assert_eq!(timeout_for(&ClientRequest::Reload), RELOAD_TIMEOUT);
+        assert_eq!(timeout_for(&ClientRequest::Status), ANSWER_TIMEOUT);
+        assert!(RELOAD_TIMEOUT > ANSWER_TIMEOUT);
+    }
+}
