@@ -18,9 +18,7 @@ use std::time::{Duration, Instant as StdInstant};
 
 use hickory_proto::op::{Message, OpCode, ResponseCode};
 use multiwan::config::{Check, Probe};
-use multiwan::probe::{
-    check_supported, spawn_link_prober, ProbeEndpoint, ProbeOutcome, RoundReport,
-};
+use multiwan::probe::{spawn_link_prober, ProbeEndpoint, ProbeOutcome, RoundReport};
 use netns_lab::Lab;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -796,25 +794,6 @@ fn http_probe_wants_a_status_below_400() {
         let (r, why) = p.first_failed().await;
         assert!(r.started.elapsed() < Duration::from_millis(500), "{r:?}");
         assert!(why.contains("connection refused"), "{why}");
-        drop(p);
-
-        // https is not supported yet: said at start-up, and every round fails with why.
-        let https = check(
-            Probe::Http {
-                urls: vec![format!("https://{target}/")],
-            },
-            200,
-            1000,
-        );
-        let err = check_supported(&https).unwrap_err().to_string();
-        assert!(err.contains("https probes are not supported yet"), "{err}");
-        let mut p = Prober::start(https, Some(ep));
-        let r = p.next().await;
-        assert!(!r.good);
-        assert!(
-            matches!(&r.outcomes[0].1, ProbeOutcome::Failed(why) if *why == err),
-            "{r:?}"
-        );
     });
 }
 
