@@ -90,7 +90,11 @@ fn certificate_reason(host: &str, e: &CertificateError, trust: &Trust) -> String
         CertificateError::NotValidForName => format!("certificate not valid for name {host}"),
         CertificateError::NotValidForNameContext { presented, .. } => format!(
             "certificate not valid for name {host} (it is for {})",
-            presented.join(", ")
+            presented
+                .iter()
+                .map(|p| bare_name(p))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         CertificateError::UnknownIssuer => format!(
             "certificate of {host} is from an unknown issuer (not in {})",
@@ -104,6 +108,14 @@ fn certificate_reason(host: &str, e: &CertificateError, trust: &Trust) -> String
         }
         CertificateError::Revoked => format!("certificate of {host} is revoked"),
         other => format!("certificate of {host} is not acceptable: {other}"),
+    }
+}
+
+/// rustls lists presented names as `DnsName("a.example")`: the name alone.
+fn bare_name(presented: &str) -> &str {
+    match (presented.find('"'), presented.rfind('"')) {
+        (Some(a), Some(b)) if b > a => &presented[a + 1..b],
+        _ => presented,
     }
 }
 
