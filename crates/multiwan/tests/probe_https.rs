@@ -8,10 +8,9 @@
 //! loopback: inet has no route to it, so a query sent through link 2 goes nowhere.
 
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,10 +23,12 @@ use multiwan::probe::{
     check_supported, spawn_link_prober_with, Nameservers, ProbeEndpoint, ProbeOptions,
     ProbeOutcome, RoundReport,
 };
-use netns_lab::{ChildGuard, Lab};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use netns_lab::Lab;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+
+mod tls_lab;
+use tls_lab::{pki, require_openssl, tls_server, TempDir};
 
 const SITE: &str = "probe.example";
 const RESOLVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 53);
@@ -36,113 +37,6 @@ const RESOLVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 53);
 const GOOD: u16 = 8443;
 const OTHER_NAME: u16 = 8444;
 const UNKNOWN_CA: u16 = 8445;
-
-fn require_tools() {
-    let found = Command::new("openssl")
-        .arg("version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        found,
-        "openssl (Debian package openssl) is needed: run scripts/install-deps.sh"
-    );
-}
-
-/// A scratch directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("multiwan-{tag}-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The test CA's certificate (the probe's `ca_file`) and, for each server, its
-/// certificate and key files.
-struct Pki {
-    ca_file: PathBuf,
-    good: (PathBuf, PathBuf),
-    other_name: (PathBuf, PathBuf),
-    unknown_ca: (PathBuf, PathBuf),
-}
-
-fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-}
-
-fn leaf(
-    dir: &Path,
-    file: &str,
-    name: &str,
-    issuer: &CertifiedIssuer<'_, KeyPair>,
-) -> (PathBuf, PathBuf) {
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec![name.to_string()])
-        .unwrap()
-        .signed_by(&key, issuer)
-        .unwrap();
-    let (cert_path, key_path) = (
-        dir.join(format!("{file}.crt")),
-        dir.join(format!("{file}.key")),
-    );
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    (cert_path, key_path)
-}
-
-fn pki(dir: &Path) -> Pki {
-    let test_ca = ca("multiwan test CA");
-    let stranger = ca("someone else's CA");
-    let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, test_ca.pem()).unwrap();
-    Pki {
-        ca_file,
-        good: leaf(dir, "good", SITE, &test_ca),
-        other_name: leaf(dir, "other", "other.example", &test_ca),
-        unknown_ca: leaf(dir, "stranger", SITE, &stranger),
-    }
-}
-
-/// `openssl s_server -WWW` in inet on `port`, serving the files of `root`.
-fn tls_server(lab: &Lab, root: &Path, port: u16, (cert, key): &(PathBuf, PathBuf)) -> ChildGuard {
-    let mut cmd = Command::new("openssl");
-    cmd.args(["s_server", "-quiet", "-WWW", "-accept"])
-        .arg(port.to_string())
-        .arg("-cert")
-        .arg(cert)
-        .arg("-key")
-        .arg(key)
-        .current_dir(root)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let child = lab.inet().spawn(&mut cmd).unwrap();
-    let addr = SocketAddr::new(lab.server(1).into(), port);
-    lab.wait_until(
-        Duration::from_secs(10),
-        "openssl s_server listening",
-        || {
-            lab.inet()
-                .run(move || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())
-        },
-    )
-    .unwrap();
-    child
-}
 
 /// Answer modes of the resolver.
 const ANSWER: u16 = 0;
@@ -343,7 +237,7 @@ fn failure(r: &RoundReport) -> String {
 
 #[test]
 fn https_probe_verifies_the_certificate_and_resolves_through_its_link() {
-    require_tools();
+    require_openssl();
     let lab = Arc::new(
         Lab::builder("probe-https")
             .isps(2)
@@ -353,7 +247,7 @@ fn https_probe_verifies_the_certificate_and_resolves_through_its_link() {
     );
     let dir = TempDir::new("https");
     std::fs::write(dir.0.join("health"), "ok\n").unwrap();
-    let pki = pki(&dir.0);
+    let pki = pki(&dir.0, SITE);
     let _servers = [
         tls_server(&lab, &dir.0, GOOD, &pki.good),
         tls_server(&lab, &dir.0, OTHER_NAME, &pki.other_name),

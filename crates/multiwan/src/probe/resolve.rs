@@ -174,10 +174,22 @@ impl LinkResolver {
         if ep.source6.is_some() {
             types.push(RecordType::AAAA);
         }
+        // A nameserver of a family the link has no address in cannot be asked through it.
         let mut asks: FuturesUnordered<_> = servers
             .iter()
+            .filter(|server| match server {
+                IpAddr::V4(_) => ep.source4.is_some(),
+                IpAddr::V6(_) => ep.source6.is_some(),
+            })
             .map(|&server| ask(ep, server, &name, &types))
             .collect();
+        if asks.is_empty() {
+            return Err(Miss::Failed(format!(
+                "no nameserver ({}) in a family {} has an address in",
+                list(servers),
+                ep.ifname
+            )));
+        }
         let mut failures = Vec::new();
         while let Some(result) = asks.next().await {
             match result {
