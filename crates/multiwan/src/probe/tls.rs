@@ -1,10 +1,11 @@
 //! TLS for `https` probes: rustls (no OpenSSL), the server's certificate verified for
 //! the URL's host against the system's trust anchors or the check's `ca_file`.
 //!
-//! The trust anchors are loaded once per link prober, lazily and on tokio's blocking
+//! The trust anchors are loaded lazily, by the first https probe, on tokio's blocking
 //! pool (reading and parsing `/etc/ssl/certs` takes milliseconds the event loop must
-//! not spend). A load that fails is not kept: the next probe tries again, so fixing a
-//! missing `ca_file` needs no restart.
+//! not spend): the system's once per process, a `ca_file` once per link prober. A load
+//! that fails is not kept: the next probe tries again, so fixing a missing `ca_file`
+//! needs no restart.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -43,15 +44,21 @@ impl Trust {
     }
 
     async fn config(&self) -> Result<Arc<ClientConfig>, String> {
-        self.config
-            .get_or_try_init(|| async {
-                let ca_file = self.ca_file.clone();
-                tokio::task::spawn_blocking(move || client_config(ca_file.as_deref()))
-                    .await
-                    .map_err(|e| format!("loading trust anchors failed: {e}"))?
-            })
-            .await
-            .cloned()
+        // The system's store is the same for every link: loaded once per process.
+        static SYSTEM: OnceCell<Arc<ClientConfig>> = OnceCell::const_new();
+        let cell = if self.ca_file.is_some() {
+            &self.config
+        } else {
+            &SYSTEM
+        };
+        cell.get_or_try_init(|| async {
+            let ca_file = self.ca_file.clone();
+            tokio::task::spawn_blocking(move || client_config(ca_file.as_deref()))
+                .await
+                .map_err(|e| format!("loading trust anchors failed: {e}"))?
+        })
+        .await
+        .cloned()
     }
 
     /// The TLS handshake over an established (pinned) connection, with SNI and the
