@@ -7,6 +7,7 @@ mod apply;
 mod check;
 mod client;
 mod demo;
+mod explain;
 mod plan;
 
 use std::path::{Path, PathBuf};
@@ -106,6 +107,13 @@ enum Command {
         #[command(flatten)]
         at: SocketArgs,
     },
+    /// Where a new connection would go, and why: rule, policy, link, table, route.
+    Explain {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        args: explain::ExplainArgs,
+    },
     /// A sandbox of network namespaces with three uplinks, narrated.
     Demo,
 }
@@ -170,6 +178,7 @@ pub fn main() -> i32 {
         Command::Events { at, json } => client::events(&at.path(), json),
         Command::Reload(at) => client::reload(&at.path()),
         Command::Link { link, action, at } => client::link(&at.path(), &link, action),
+        Command::Explain { config, args } => explain::run(&config.config, &args),
         Command::Demo => demo::run(),
     };
     match result {
@@ -195,6 +204,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::Events { .. } => "events",
         Command::Reload(_) => "reload",
         Command::Link { .. } => "link",
+        Command::Explain { .. } => "explain",
         Command::Demo => "demo",
     }
 }
