@@ -1,6 +1,7 @@
 //! `multiwan explain`: where a new connection would go, and why (SPEC §4). The
 //! answer is [`crate::explain`]'s, for the planner's output under the running daemon's
-//! link states (or every enabled link in service when no daemon answers).
+//! link states (or, as `apply` installs it, every enabled link with carrier in service
+//! when no daemon answers).
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -46,6 +47,12 @@ pub fn run(config_path: &Path, args: &ExplainArgs) -> CliResult {
     let query = query(args, &config, &facts).map_err(Failure::Usage)?;
     explain::assume_absent_interfaces(&config, &mut facts);
     let (states, daemon) = live_states(&config, config_path)?;
+    // Without a daemon, what `apply` installs: a link without carrier is down.
+    let states = if daemon {
+        states
+    } else {
+        super::plan::with_carrier_states(states, &config, &facts)
+    };
     let seed = StateDir::new(&config.settings.state_dir)
         .existing_seed()
         .unwrap_or(0);

@@ -155,7 +155,7 @@ pub fn explain(inputs: &Inputs, query: &Query) -> Explanation {
     }
     if !inputs.daemon {
         e.why
-            .push("no daemon answers: every enabled link is taken as in service (state up)".into());
+            .push("no daemon answers: every enabled link with carrier is taken as in service, as `multiwan apply` installs it".into());
     }
     e
 }
