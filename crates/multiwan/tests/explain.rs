@@ -61,6 +61,15 @@ name = "sticky-clients"
 source = ["192.0.2.3/32", "192.0.2.4/31"]
 policy = "sticky"
 
+[policies.pairs]
+links = ["isp1", "isp2"]
+sticky = "source-destination"
+
+[[rules]]
+name = "pair-clients"
+source = ["192.0.2.6/32"]
+policy = "pairs"
+
 [[rules]]
 name = "bypass"
 destination = ["198.18.0.3/32"]
@@ -243,6 +252,20 @@ fn check_each_kind(h: &Harness, isp2_up: bool) {
         }
     }
 
+    // Sticky by source and destination: one client, each server its own hash.
+    let from = client(5);
+    for i in 1..=5 {
+        let e = explain(h, &["--to", &s(i), "--from", &from.to_string()]);
+        assert_eq!(e["rule"], "pair-clients", "{phase}: {e:#}");
+        let link = isp_number(&e["link"]);
+        assert_eq!(
+            tcp_via(lan, server(i), Some(from)).unwrap(),
+            link,
+            "{phase}: sticky pair {from} -> {}, explain said {e:#}",
+            server(i)
+        );
+    }
+
     // The `main` target.
     let e = explain(h, &["--to", &s(3), "--from", &c1, "--proto", "tcp"]);
     assert_eq!(e["rule"], "bypass", "{phase}: {e:#}");
@@ -284,7 +307,7 @@ fn check_each_kind(h: &Harness, isp2_up: bool) {
 /// Acceptance 1.
 #[test]
 fn explain_names_the_link_each_kind_of_connection_takes() {
-    let h = Harness::with(Lab::builder("explain").servers(5).extra_lan_clients(3));
+    let h = Harness::with(Lab::builder("explain").servers(5).extra_lan_clients(4));
     h.write_config("lan = [\"lan0\"]", CONFIG);
     let _tcp = h.lab.whoami_tcp(PORT).unwrap();
     let _udp = h.lab.whoami_udp(PORT).unwrap();

@@ -223,7 +223,40 @@ fn local_addrs(facts: &Facts) -> Vec<IpAddr> {
         .collect()
 }
 
-// long-fn: one decision table from the walk's end to the verdict, read top to bottom
+/// What classification made of a forwarded connection.
+struct Classified<'c> {
+    rule: Option<&'c Rule>,
+    policy: Option<Policy>,
+    /// Some link of the policy is in service.
+    policy_up: bool,
+}
+
+impl Classified<'_> {
+    fn target(&self) -> Option<&RuleTarget> {
+        self.rule.map(|r| &r.target)
+    }
+
+    fn policy_name(&self) -> String {
+        self.policy
+            .as_ref()
+            .map(|p| display_policy(p, self.rule))
+            .unwrap_or_default()
+    }
+
+    /// The policy's fallback applies.
+    fn fallback(&self, e: &mut Explanation, f: Fallback) {
+        e.verdict = Verdict::Fallback;
+        e.fallback = Some(fallback_name(f).into());
+        if self.policy.is_some() {
+            e.why.push(format!(
+                "policy {}: no link in service; its fallback {} applies",
+                self.policy_name(),
+                fallback_name(f)
+            ));
+        }
+    }
+}
+
 fn forwarded(inputs: &Inputs, query: &Query) -> Explanation {
     let config = inputs.config;
     let iif = query.iif.clone().or_else(|| default_iif(config));
@@ -238,11 +271,17 @@ fn forwarded(inputs: &Inputs, query: &Query) -> Explanation {
         local_addrs: &addrs,
     };
     let (end, trace) = nft_walk::walk(&inputs.desired.nft, "prerouting", &packet);
-    let marks = MarkLayout::new(config.settings.mark_mask);
     let rule = matched_rule(config, &trace, query);
-    e.rule = rule.map(|r| r.name.clone());
     let policy = policy_of(config, rule, &trace);
-    e.policy = policy.as_ref().map(|p| display_policy(p, rule));
+    let c = Classified {
+        rule,
+        policy_up: policy
+            .as_ref()
+            .is_some_and(|p| p.members.iter().any(|m| state_of(inputs, &m.link) == "up")),
+        policy,
+    };
+    e.rule = rule.map(|r| r.name.clone());
+    e.policy = c.policy.as_ref().map(|p| display_policy(p, rule));
     for u in &trace.unknown {
         e.why.push(format!("not known, so not matched: {u}"));
     }
@@ -252,44 +291,61 @@ fn forwarded(inputs: &Inputs, query: &Query) -> Explanation {
             r.name,
             rule_reason(r, query)
         )),
-        None if policy.is_some() => e.why.push("no rule matches: the default policy".into()),
+        None if c.policy.is_some() => e.why.push("no rule matches: the default policy".into()),
         None => {}
     }
-    if policy.is_none() && rule.is_none() {
-        if let End::Mark(m) = end {
-            if let Some(l) = inputs.desired.links.iter().find(|l| l.mark == m && m != 0) {
-                e.verdict = Verdict::Link;
-                e.why.push(format!(
-                    "it arrives on {}, link {}'s interface: answered through it",
-                    iif.as_deref().unwrap_or("?"),
-                    l.name
-                ));
-                with_link(inputs, query, &mut e, l, &marks);
-                return e;
-            }
-            e.verdict = Verdict::Main;
-            e.table = Some(crate::plan::MAIN_TABLE);
-            e.source = query.from.map(|a| a.to_string());
-            e.why.push(bypass_reason(&trace, iif.as_deref(), config));
-            return e;
+    match end {
+        End::Mark(m) if c.policy.is_none() && rule.is_none() => {
+            unclassified(inputs, query, &mut e, m, &trace, iif.as_deref());
         }
+        end => decide(inputs, query, &mut e, &end, &trace, &c),
     }
-    let policy_up = policy
-        .as_ref()
-        .is_some_and(|p| p.members.iter().any(|m| state_of(inputs, &m.link) == "up"));
-    let target = rule.map(|r| &r.target);
-    let fallback = |e: &mut Explanation, f: Fallback| {
-        e.verdict = Verdict::Fallback;
-        e.fallback = Some(fallback_name(f).into());
-        if let Some(p) = &policy {
-            e.why.push(format!(
-                "policy {}: no link in service; its fallback {} applies",
-                display_policy(p, rule),
-                fallback_name(f)
-            ));
-        }
-    };
-    match &end {
+    e
+}
+
+/// A connection no rule or policy looked at: inbound on a link, or not policy-routed.
+fn unclassified(
+    inputs: &Inputs,
+    query: &Query,
+    e: &mut Explanation,
+    mark: u32,
+    trace: &Trace,
+    iif: Option<&str>,
+) {
+    let marks = MarkLayout::new(inputs.config.settings.mark_mask);
+    if let Some(l) = inputs
+        .desired
+        .links
+        .iter()
+        .find(|l| l.mark == mark && mark != 0)
+    {
+        e.verdict = Verdict::Link;
+        e.why.push(format!(
+            "it arrives on {}, link {}'s interface: answered through it",
+            iif.unwrap_or("?"),
+            l.name
+        ));
+        with_link(inputs, query, e, l, &marks);
+        return;
+    }
+    e.verdict = Verdict::Main;
+    e.table = Some(crate::plan::MAIN_TABLE);
+    e.source = query.from.map(|a| a.to_string());
+    e.why.push(bypass_reason(trace, iif, inputs.config));
+}
+
+/// The verdict of a classified connection, from where the walk ended.
+fn decide(
+    inputs: &Inputs,
+    query: &Query,
+    e: &mut Explanation,
+    end: &End,
+    trace: &Trace,
+    c: &Classified,
+) {
+    let marks = MarkLayout::new(inputs.config.settings.mark_mask);
+    let target = c.target();
+    match end {
         End::Reject if target == Some(&RuleTarget::Unreachable) => {
             e.verdict = Verdict::Unreachable;
             e.why.push("answered with ICMP host unreachable".into());
@@ -298,15 +354,15 @@ fn forwarded(inputs: &Inputs, query: &Query) -> Explanation {
             e.verdict = Verdict::Blackhole;
             e.why.push("dropped silently".into());
         }
-        End::Reject => fallback(&mut e, Fallback::Unreachable),
-        End::Drop => fallback(&mut e, Fallback::Blackhole),
+        End::Reject => c.fallback(e, Fallback::Unreachable),
+        End::Drop => c.fallback(e, Fallback::Blackhole),
         End::Mark(m) if *m == marks.main() => {
             if target == Some(&RuleTarget::Main) {
                 e.verdict = Verdict::Main;
                 e.why
                     .push("it bypasses multiwan: the main table routes it".into());
             } else {
-                fallback(&mut e, Fallback::Main);
+                c.fallback(e, Fallback::Main);
             }
             e.table = Some(crate::plan::MAIN_TABLE);
             e.mark = Some(mark_text(*m, &marks));
@@ -317,50 +373,59 @@ fn forwarded(inputs: &Inputs, query: &Query) -> Explanation {
                 e.why.push(format!(
                     "the walk ended with mark {m:#x}, which no link has"
                 ));
-                return e;
+                return;
             };
-            if policy_up {
-                e.verdict = Verdict::Link;
-            } else {
-                fallback(&mut e, Fallback::All);
-            }
-            if let Some((branches, true)) = &trace.sticky {
-                if policy_up && branches.len() > 1 {
-                    e.verdict = Verdict::Split;
-                }
-                e.why.push(format!(
-                    "sticky hashing ({}) of {} picks {}",
-                    sticky_name(policy.as_ref()),
-                    hash_input(query, policy.as_ref()),
-                    l.name
-                ));
-            } else if policy_up {
-                e.why
-                    .push(in_service_reason(inputs, policy.as_ref(), rule, l));
-            }
-            e.candidates = candidates(inputs, policy.as_ref(), &share_by_mark(&trace, *m));
-            with_link(inputs, query, &mut e, l, &marks);
-            return e;
+            on_link(inputs, query, e, trace, c, l);
+            e.candidates = candidates(inputs, c.policy.as_ref(), &share_by_mark(trace, *m));
+            with_link(inputs, query, e, l, &marks);
+            return;
         }
         End::Split(branches) => {
-            if policy_up {
+            if c.policy_up {
                 e.verdict = Verdict::Split;
                 e.why.push(format!(
                     "policy {}: new connections are shared by weight",
-                    policy
-                        .as_ref()
-                        .map(|p| display_policy(p, rule))
-                        .unwrap_or_default()
+                    c.policy_name()
                 ));
             } else {
-                fallback(&mut e, Fallback::All);
+                c.fallback(e, Fallback::All);
             }
-            e.candidates = candidates(inputs, policy.as_ref(), branches);
-            return e;
+            e.candidates = candidates(inputs, c.policy.as_ref(), branches);
+            return;
         }
     }
-    e.candidates = candidates(inputs, policy.as_ref(), &[]);
-    e
+    e.candidates = candidates(inputs, c.policy.as_ref(), &[]);
+}
+
+/// The walk ended on link `l`: by the policy's choice, its sticky hash, or its
+/// fallback `all`.
+fn on_link(
+    inputs: &Inputs,
+    query: &Query,
+    e: &mut Explanation,
+    trace: &Trace,
+    c: &Classified,
+    l: &LinkSummary,
+) {
+    if c.policy_up {
+        e.verdict = Verdict::Link;
+    } else {
+        c.fallback(e, Fallback::All);
+    }
+    if let Some((branches, true)) = &trace.sticky {
+        if c.policy_up && branches.len() > 1 {
+            e.verdict = Verdict::Split;
+        }
+        e.why.push(format!(
+            "sticky hashing ({}) of {} picks {}",
+            sticky_name(c.policy.as_ref()),
+            hash_input(query, c.policy.as_ref()),
+            l.name
+        ));
+    } else if c.policy_up {
+        e.why
+            .push(in_service_reason(inputs, c.policy.as_ref(), c.rule, l));
+    }
 }
 
 /// The shares a walk that ended on one link saw: the sticky map's, else all to it.
