@@ -20,7 +20,7 @@ enum Lookup<'d> {
 }
 
 pub(super) fn explain(inputs: &Inputs, query: &Query) -> Explanation {
-    let mut e = blank(inputs, query, Some("lo".into()));
+    let mut e = blank(inputs, query, None);
     let family = Family::of(&query.to);
     let marks = MarkLayout::new(inputs.config.settings.mark_mask);
     let rules = inputs.desired.rules.iter().filter(|r| r.family == family);
@@ -47,6 +47,15 @@ pub(super) fn explain(inputs: &Inputs, query: &Query) -> Explanation {
                 return e;
             }
             Lookup::MainDefault => {
+                if let Some(r) = config_rule(inputs.config, rule, query) {
+                    e.rule = Some(r.name.clone());
+                    e.policy = Some(target_name(&r.target));
+                    e.why.push(format!(
+                        "rule {} matches ({})",
+                        r.name,
+                        rule_reason(r, query)
+                    ));
+                }
                 e.why
                     .push(format!("ip rule {}: {}", rule.priority, rule_text(rule)));
                 main(&mut e, query, inputs.facts, None);

@@ -630,9 +630,15 @@ fn matched_rule<'c>(config: &'c Config, trace: &Trace, query: &Query) -> Option<
             return config.rules.iter().find(|r| r.name == name);
         }
         if c.contains(" rules, ") {
+            // Only rules of destination prefixes alone share such a map.
             return config.rules.iter().find(|r| {
-                r.user.is_none()
+                r.source.is_empty()
+                    && r.protocol == Protocol::Any
+                    && r.destination_port.is_empty()
+                    && r.input_interface.is_none()
+                    && r.user.is_none()
                     && r.cgroup.is_none()
+                    && !r.log
                     && r.destination.iter().any(|n| n.contains(&query.to))
             });
         }

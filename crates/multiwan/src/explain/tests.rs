@@ -300,3 +300,34 @@ fn the_table_output_is_short() {
         "{t}"
     );
 }
+
+#[test]
+fn local_connections_to_main_and_unreachable_targets() {
+    let mut query = q("", "198.18.0.3", Some(Protocol::Tcp), Some(80));
+    query.local = true;
+    let e = run(&[], query.clone());
+    assert_eq!(
+        (e.rule.as_deref(), e.verdict),
+        (Some("bypass"), Verdict::Main)
+    );
+    assert_eq!((e.table, e.connection.iif.as_deref()), (Some(254), None));
+    query.to = "198.18.0.4".parse().unwrap();
+    let e = run(&[], query);
+    assert_eq!(
+        (e.rule.as_deref(), e.verdict),
+        (Some("nowhere"), Verdict::Unreachable)
+    );
+    assert_eq!(e.table, Some(100 + 256));
+}
+
+#[test]
+fn a_rule_of_another_protocol_is_not_named() {
+    let e = run(
+        &[],
+        q("192.0.2.10", "198.18.0.2", Some(Protocol::Tcp), Some(5060)),
+    );
+    assert_eq!(
+        (e.rule.as_deref(), e.policy.as_deref()),
+        (None, Some("default"))
+    );
+}
