@@ -198,6 +198,28 @@ fn check_each_kind(h: &Harness, isp2_up: bool) {
         "{phase}"
     );
     assert_eq!(udp_via(lan, server(2), None), want, "{phase}: sip traffic");
+    let out = h.multiwan_ok(&[
+        "explain",
+        "--to",
+        &s(2),
+        "--from",
+        &c1,
+        "--proto",
+        "udp",
+        "--dport",
+        "7000",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    let line = format!(
+        "rule sip, policy voip: link isp{want}, table {}, mark",
+        100 + want
+    );
+    assert!(text.contains(&line), "{phase}: table output:\n{text}");
+    assert!(
+        !text.contains("no daemon"),
+        "{phase}: table output:\n{text}"
+    );
 
     // The default policy: a split while both are up, isp1 alone after.
     let e = explain(
