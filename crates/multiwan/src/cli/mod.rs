@@ -8,6 +8,7 @@ mod check;
 mod client;
 mod common;
 mod demo;
+mod explain;
 mod plan;
 
 use std::path::{Path, PathBuf};
@@ -107,6 +108,13 @@ enum Command {
         #[command(flatten)]
         at: SocketArgs,
     },
+    /// Where a new connection would go, and why: rule, policy, link, table, route.
+    Explain {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        args: explain::ExplainArgs,
+    },
     /// A sandbox of network namespaces with three uplinks, narrated.
     Demo,
 }
@@ -171,6 +179,7 @@ pub fn main() -> i32 {
         Command::Events { at, json } => client::events(&at.path(), json),
         Command::Reload(at) => client::reload(&at.path()),
         Command::Link { link, action, at } => client::link(&at.path(), &link, action.into()),
+        Command::Explain { config, args } => explain::run(&config.config, &args),
         Command::Demo => demo::run(),
     };
     match result {
@@ -196,6 +205,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::Events { .. } => "events",
         Command::Reload(_) => "reload",
         Command::Link { .. } => "link",
+        Command::Explain { .. } => "explain",
         Command::Demo => "demo",
     }
 }
