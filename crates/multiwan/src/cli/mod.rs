@@ -30,6 +30,10 @@ pub const DEFAULT_CONFIG: &str = "/etc/multiwan/multiwan.toml";
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log verbosity: error, warn, info (default), debug (adds probe detail) or trace;
+    /// or tracing filter directives. Default: $MULTIWAN_LOG, else info.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -168,6 +172,10 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    if let Err(e) = crate::logging::init(cli.log_level.as_deref()) {
+        eprintln!("multiwan: {e}");
+        return 2;
+    }
     let name = command_name(&cli.command);
     let result = match cli.command {
         Command::Check(c) => check::run(&c.config),

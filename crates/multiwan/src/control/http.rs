@@ -33,7 +33,7 @@ pub async fn serve(listener: TcpListener, daemon: DaemonHandle) {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
-                eprintln!("multiwan: metrics: accept failed: {e}");
+                tracing::warn!("metrics: accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }

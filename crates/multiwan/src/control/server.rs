@@ -46,10 +46,7 @@ pub fn bind(path: &Path) -> Result<ControlSocket> {
             }
             std::fs::remove_file(path)
                 .with_context(|| format!("removing the stale socket {}", path.display()))?;
-            eprintln!(
-                "multiwan: removed the stale control socket {}",
-                path.display()
-            );
+            tracing::info!("removed the stale control socket {}", path.display());
         }
         Ok(_) => bail!(
             "{} exists and is not a socket: move it away, or set settings.socket to \
@@ -94,7 +91,7 @@ pub async fn serve(socket: ControlSocket, daemon: DaemonHandle) {
         let stream = match socket.listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
-                eprintln!("multiwan: control socket: accept failed: {e}");
+                tracing::warn!("control socket: accept failed: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }

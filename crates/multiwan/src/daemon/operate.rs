@@ -105,11 +105,11 @@ impl Daemon {
         };
         match http::bind(addr).await {
             Ok(listener) => {
-                eprintln!("multiwan: metrics on http://{addr}/metrics");
+                tracing::info!("metrics on http://{addr}/metrics");
                 let task = tokio::spawn(http::serve(listener, self.requests.clone()));
                 self.metrics_server = Some((addr, task));
             }
-            Err(e) => eprintln!("multiwan: {e:#}; running without metrics"),
+            Err(e) => tracing::warn!("{e:#}; running without metrics"),
         }
     }
 
@@ -119,9 +119,9 @@ impl Daemon {
         let result = self.try_reload().await;
         super::notify::ready(&self.summary());
         match &result {
-            Ok(message) => eprintln!("multiwan: {origin}: {message}"),
-            Err(r) => eprintln!(
-                "multiwan: {origin}: refused: {}",
+            Ok(message) => tracing::info!("{origin}: {message}"),
+            Err(r) => tracing::error!(
+                "{origin}: refused: {}",
                 r.message.trim_end().replace('\n', "; ")
             ),
         }
@@ -231,7 +231,7 @@ impl Daemon {
                 continue;
             }
             self.metrics.forget(&link.name);
-            eprintln!("multiwan: link {}: {state} -> disabled ({why})", link.name);
+            tracing::info!("link {}: {state} -> disabled ({why})", link.name);
             let _ = self.events.send(Event {
                 time: crate::status::rfc3339(self.wall(now)),
                 link: link.name.clone(),
@@ -243,7 +243,7 @@ impl Daemon {
         for name in &r.fresh {
             let rt = &self.links[name];
             let (state, reason) = (rt.health.state(), rt.health.reason().to_string());
-            eprintln!("multiwan: link {name}: none -> {state} (added by reload: {reason})");
+            tracing::info!("link {name}: none -> {state} (added by reload: {reason})");
             let _ = self.events.send(Event {
                 time: crate::status::rfc3339(self.wall(now)),
                 link: name.clone(),
@@ -326,7 +326,7 @@ impl Daemon {
         match t {
             Some(t) => self.act(vec![t]).await,
             None => {
-                eprintln!("multiwan: operator: {message}");
+                tracing::info!("operator: {message}");
                 self.write_status();
             }
         }
