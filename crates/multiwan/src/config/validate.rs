@@ -889,6 +889,7 @@ impl<'t> Ctx<'_, 't> {
             Icmp,
             Tcp,
             Http,
+            Https,
             Dns,
             Arp,
             None,
@@ -904,6 +905,7 @@ impl<'t> Ctx<'_, 't> {
                     ("icmp", Method::Icmp),
                     ("tcp", Method::Tcp),
                     ("http", Method::Http),
+                    ("https", Method::Https),
                     ("dns", Method::Dns),
                     ("arp", Method::Arp),
                     ("none", Method::None),
@@ -916,12 +918,13 @@ impl<'t> Ctx<'_, 't> {
         let probe = method.and_then(|method| {
             let needs_targets = matches!(
                 method,
-                Method::Icmp | Method::Tcp | Method::Http | Method::Dns
+                Method::Icmp | Method::Tcp | Method::Http | Method::Https | Method::Dns
             );
             let targets = match (&raw.targets, needs_targets) {
                 (None, true) => {
                     let example = match method {
                         Method::Http => "targets = [\"http://example.com/\"]",
+                        Method::Https => "targets = [\"https://example.com/\"]",
                         _ => "targets = [\"198.18.0.1\", \"198.18.0.2\"]",
                     };
                     self.dep_error(
@@ -992,6 +995,20 @@ impl<'t> Ctx<'_, 't> {
                 }
                 (None, _) => None,
             };
+            let ca_file = match (&raw.ca_file, method) {
+                (Some(f), Method::Https) => self.absolute_path(f, &k("ca_file")).map(Some),
+                (Some(f), _) => {
+                    self.dep_error(
+                        f.span(),
+                        &k("ca_file"),
+                        format!(
+                            "ca_file is only used by method https, not {method_name}; remove it"
+                        ),
+                    );
+                    None
+                }
+                (None, _) => Some(None),
+            };
             if method == Method::Arp && gateway == Some(Gateway::None) {
                 self.dep_error(
                     raw.method.as_ref().map_or(v.span(), |m| m.span()),
@@ -1025,7 +1042,11 @@ impl<'t> Ctx<'_, 't> {
                     }
                 }
                 Method::Http => Probe::Http {
-                    urls: self.urls(targets?)?,
+                    urls: self.urls(targets?, false)?,
+                },
+                Method::Https => Probe::Https {
+                    urls: self.urls(targets?, true)?,
+                    ca_file: ca_file?,
                 },
                 Method::Arp => Probe::Arp,
                 Method::None => Probe::None,
@@ -1155,7 +1176,8 @@ impl<'t> Ctx<'_, 't> {
         (!failed).then_some(ok)
     }
 
-    fn urls(&mut self, targets: &[Spanned<String>]) -> Option<Vec<String>> {
+    /// `http://` or `https://` URLs; `https_only` (method https): `https://` ones.
+    fn urls(&mut self, targets: &[Spanned<String>], https_only: bool) -> Option<Vec<String>> {
         let mut ok: Vec<String> = Vec::new();
         let mut failed = false;
         for t in targets {
@@ -1170,6 +1192,13 @@ impl<'t> Ctx<'_, 't> {
                     t.span(),
                     &key,
                     format!("{url:?} is not an http:// or https:// URL; write e.g. \"http://example.com/\""),
+                );
+                failed = true;
+            } else if https_only && !url.starts_with("https://") {
+                self.error(
+                    t.span(),
+                    &key,
+                    format!("method https probes https:// URLs, not {url}; use method http for it"),
                 );
                 failed = true;
             } else if ok.contains(url) {

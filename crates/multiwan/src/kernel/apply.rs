@@ -97,7 +97,7 @@ impl Kernel {
             return Cow::Borrowed(desired);
         };
         if !self.ipv6_off_logged.swap(true, Ordering::Relaxed) {
-            eprintln!("multiwan: {line}");
+            tracing::info!("{line}");
         }
         let mut d = desired.clone();
         d.rules.retain(|r| r.family == Family::V4);
@@ -125,7 +125,7 @@ impl Kernel {
         let (nft_table, nft_notes) = nft::with_live_cgroups(&desired.nft);
         let diff = KernelDiff::with_nft(&installed, desired, &nft_table, nft_notes);
         for c in &diff.conflicts {
-            eprintln!("multiwan: {c}");
+            tracing::warn!("{c}");
         }
         let mut report = ApplyReport::default();
         let mut undo = UndoLog::default();
@@ -145,7 +145,7 @@ impl Kernel {
                 rt_protos::path(&self.rt_protos_dir).display()
             )),
             Ok(false) => {}
-            Err(e) => eprintln!("multiwan: warning: {e}"),
+            Err(e) => tracing::warn!("{e}"),
         }
         report.elapsed = start.elapsed();
         Ok(report)
