@@ -1122,3 +1122,45 @@ fn another_instance_and_untagged_objects_are_left_alone() {
     assert!(lab.sh("nft list tables").contains("table inet mw2"));
     assert!(lab.rt_dir.join("mw2.conf").exists());
 }
+
+#[test]
+fn flush_goes_on_past_a_failure_and_reports_every_error() {
+    let lab = Lab::new("flusherr");
+    let d = desired(&lab.facts(), &links());
+    lab.apply(&d);
+    // An `nft` that always fails, first in PATH (nextest runs each test in its own
+    // process, so the change is this test's alone).
+    let shim = lab.rt_dir.with_extension("bin");
+    std::fs::create_dir_all(&shim).unwrap();
+    let fake = shim.join("nft");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'nft: broken for the test' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = std::env::var("PATH").unwrap_or_default();
+    std::env::set_var("PATH", format!("{}:{path}", shim.display()));
+
+    let own = Ownership::from(&d);
+    let err = lab
+        .with_kernel(move |k| async move { k.flush(&own).await })
+        .expect_err("nft fails: the flush must say so");
+    std::env::set_var("PATH", path);
+    let _ = std::fs::remove_dir_all(&shim);
+    let text = err.to_string();
+    assert!(
+        text.contains("flush removed") && text.contains("broken for the test"),
+        "{text}"
+    );
+    // Everything but the nft table went anyway.
+    assert!(!lab.rules().contains("proto 77") && !lab.rules().contains("proto multiwan"));
+    for t in &d.owned_tables {
+        assert_eq!(lab.table(*t).trim(), "", "routes left in table {t}");
+    }
+    assert!(lab.nft().contains("table inet mw"), "{}", lab.nft());
+    // With nft back, a second flush removes the rest.
+    let f = lab.flush(&d);
+    assert!(f.nft, "{:#?}", f.changes);
+    assert_nothing_owned(&lab, &d);
+}
