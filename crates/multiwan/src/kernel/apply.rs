@@ -255,10 +255,7 @@ impl Kernel {
         let start = Instant::now();
         let mut report = ApplyReport::default();
         let mut errors = Vec::new();
-        let families = match Ipv6::of(&self.sysctl_root) {
-            Ipv6::Absent => vec![Family::V4],
-            _ => vec![Family::V4, Family::V6],
-        };
+        let families = Ipv6::of(&self.sysctl_root).present();
         let names: BTreeMap<u32, String> = ok(facts::link_names(&self.handle).await, &mut errors);
         let installed = Installed {
             rules: ok(

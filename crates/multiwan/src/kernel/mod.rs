@@ -189,17 +189,15 @@ impl Kernel {
     /// Interfaces, addresses, default gateways and main-table prefixes.
     pub async fn read_facts(&self) -> Result<Facts> {
         // Without IPv6 in the kernel there is no IPv6 table to dump.
-        let families = match sysctl::Ipv6::of(&self.sysctl_root) {
-            sysctl::Ipv6::Absent => vec![Family::V4],
-            _ => vec![Family::V4, Family::V6],
-        };
+        let families = sysctl::Ipv6::of(&self.sysctl_root).present();
         facts::read_facts(&self.handle, &families).await
     }
 
     /// What multiwan may own now: every rule in its priority range and every tagged
     /// route (both families), and its nft table. What a flush and an adoption read.
     pub async fn read_installed(&self, own: &Ownership) -> Result<Installed> {
-        self.read(own, &[], &[Family::V4, Family::V6]).await
+        let families = sysctl::Ipv6::of(&self.sysctl_root).present();
+        self.read(own, &[], &families).await
     }
 
     /// The rules in `own`'s priority range, the tagged routes, and every route in

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::error::{KernelError, Result};
-use crate::plan::Sysctl;
+use crate::plan::{Family, Sysctl};
 
 /// Where sysctls live. `net.*` entries under it belong to the network namespace of the
 /// thread that opens them.
@@ -122,6 +122,15 @@ impl Ipv6 {
         match read(root, "net/ipv6/conf/all/disable_ipv6") {
             Ok(v) if v == "1" => Ipv6::Disabled,
             _ => Ipv6::On,
+        }
+    }
+
+    /// The families the kernel has tables for (what can be dumped and flushed): IPv6
+    /// unless it is absent.
+    pub fn present(self) -> Vec<Family> {
+        match self {
+            Ipv6::Absent => vec![Family::V4],
+            Ipv6::On | Ipv6::Disabled => vec![Family::V4, Family::V6],
         }
     }
 
