@@ -34,24 +34,9 @@ pub struct PlanInput<'a> {
     pub seed: u32,
 }
 
-/// Priorities inside `[rule_priority, rule_priority + 999]`, lowest first (SPEC §3).
-pub mod priority {
-    /// `lookup main suppress_prefixlength 0`
-    pub const SUPPRESS_MAIN: u32 = 0;
-    /// `from <link address> lookup <link table>`; with `fwmark 0/<mask>` when a rule
-    /// matches a cgroup, so that the mark nft gives such a connection after its
-    /// source was chosen routes it again to its link (see `nft_lower`).
-    pub const FROM_ADDRESS: u32 = 1;
-    /// `fwmark <main mark> lookup main`
-    pub const MAIN_MARK: u32 = 2;
-    /// `fwmark <link mark> lookup <link table>`
-    pub const LINK_MARK: u32 = 3;
-    /// First of the router-local steering rules (`iif lo …`); rules share priorities
-    /// where their order cannot matter (`rules::local_priorities`).
-    pub const LOCAL_RULES: u32 = 10;
-    /// `lookup table_base`: the `default` policy.
-    pub const DEFAULT_POLICY: u32 = 999;
-}
+/// Priorities inside `[rule_priority, rule_priority + 999]` (they live beside the
+/// rule-order logic that validation needs too).
+pub use crate::config::rule_order::priority;
 
 /// The main routing table's id.
 pub const MAIN_TABLE: u32 = 254;

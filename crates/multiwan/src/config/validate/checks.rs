@@ -1,0 +1,342 @@
+//! `[links.<name>.check]`: the health check, with the keys each method needs.
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use serde_spanned::Spanned;
+
+use super::Ctx;
+use crate::config::model::{Check, Gateway, Probe};
+use crate::config::raw::{Int, RawCheck};
+
+impl<'t> Ctx<'_, 't> {
+    pub(super) fn check(
+        &mut self,
+        v: &Spanned<RawCheck>,
+        key: &str,
+        gateway: Option<Gateway<Ipv4Addr>>,
+    ) -> Option<Check> {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Method {
+            Icmp,
+            Tcp,
+            Http,
+            Dns,
+            Arp,
+            None,
+        }
+        let raw = v.get_ref();
+        let k = |s: &str| format!("{key}.{s}");
+        let method = match &raw.method {
+            None => Some(Method::Icmp),
+            Some(m) => self.choice(
+                m,
+                &k("method"),
+                &[
+                    ("icmp", Method::Icmp),
+                    ("tcp", Method::Tcp),
+                    ("http", Method::Http),
+                    ("dns", Method::Dns),
+                    ("arp", Method::Arp),
+                    ("none", Method::None),
+                ],
+            ),
+        };
+        let method_name = raw.method.as_ref().map_or("icmp", |m| m.get_ref().as_str());
+
+        // Keys a method needs, and keys it would silently ignore (a likely mistake).
+        let probe = method.and_then(|method| {
+            let needs_targets = matches!(
+                method,
+                Method::Icmp | Method::Tcp | Method::Http | Method::Dns
+            );
+            let targets = match (&raw.targets, needs_targets) {
+                (None, true) => {
+                    let example = match method {
+                        Method::Http => "targets = [\"http://example.com/\"]",
+                        _ => "targets = [\"198.18.0.1\", \"198.18.0.2\"]",
+                    };
+                    self.dep_error(
+                        v.span(),
+                        &k("targets"),
+                        format!("method {method_name} needs targets to probe, e.g. {example}"),
+                    );
+                    None
+                }
+                (Some(t), true) if t.get_ref().is_empty() => {
+                    self.dep_error(
+                        t.span(),
+                        &k("targets"),
+                        format!("method {method_name} needs at least one target"),
+                    );
+                    None
+                }
+                (Some(t), false) => {
+                    let why = if method == Method::Arp {
+                        "method arp probes the link's gateway; remove targets"
+                    } else {
+                        "method none sends no probes; remove targets"
+                    };
+                    self.error(t.span(), &k("targets"), why);
+                    None
+                }
+                (t, _) => t.as_ref().map(|t| t.get_ref().as_slice()),
+            };
+            let port = match (&raw.port, method) {
+                (None, Method::Tcp) => {
+                    self.dep_error(
+                        v.span(),
+                        &k("port"),
+                        "method tcp needs the port to connect to, e.g. port = 443",
+                    );
+                    None
+                }
+                (Some(p), Method::Tcp) => self
+                    .int(p, &k("port"), 1, 65535, "TCP ports are 1..=65535")
+                    .map(|p| p as u16),
+                (Some(p), _) => {
+                    self.dep_error(
+                        p.span(),
+                        &k("port"),
+                        format!("port is only used by method tcp, not {method_name}; remove it"),
+                    );
+                    None
+                }
+                (None, _) => None,
+            };
+            let query = match (&raw.query, method) {
+                (None, Method::Dns) => {
+                    self.dep_error(
+                        v.span(),
+                        &k("query"),
+                        "method dns needs a name to resolve, e.g. query = \"example.com\"",
+                    );
+                    None
+                }
+                (Some(q), Method::Dns) => self.dns_name(q, &k("query")),
+                (Some(q), _) => {
+                    self.dep_error(
+                        q.span(),
+                        &k("query"),
+                        format!("query is only used by method dns, not {method_name}; remove it"),
+                    );
+                    None
+                }
+                (None, _) => None,
+            };
+            if method == Method::Arp && gateway == Some(Gateway::None) {
+                self.dep_error(
+                    raw.method.as_ref().map_or(v.span(), |m| m.span()),
+                    &k("method"),
+                    "method arp probes the IPv4 gateway, but this link has gateway = \"none\"; \
+                     use icmp with targets instead",
+                );
+                return None;
+            }
+            if self.lenient {
+                // The method may be a default standing in for a removed key; the
+                // targets cannot be judged against it.
+                return None;
+            }
+            Some(match method {
+                Method::Icmp => Probe::Icmp {
+                    targets: self.addresses(targets?)?,
+                },
+                Method::Tcp => {
+                    let targets = self.addresses(targets?);
+                    Probe::Tcp {
+                        targets: targets?,
+                        port: port?,
+                    }
+                }
+                Method::Dns => {
+                    let resolvers = self.addresses(targets?);
+                    Probe::Dns {
+                        resolvers: resolvers?,
+                        query: query?,
+                    }
+                }
+                Method::Http => Probe::Http {
+                    urls: self.urls(targets?)?,
+                },
+                Method::Arp => Probe::Arp,
+                Method::None => Probe::None,
+            })
+        });
+
+        let interval = match &raw.interval {
+            None => Some(Duration::from_secs(1)),
+            Some(d) => self.nonzero_duration(d, &k("interval")),
+        };
+        let timeout = match &raw.timeout {
+            None => Some(Duration::from_secs(1)),
+            Some(d) => self.nonzero_duration(d, &k("timeout")),
+        };
+        let count_hint = "a round is good when at least min_targets targets answered";
+        let min_targets = match &raw.min_targets {
+            None => Some(1),
+            Some(n) => self.int(n, &k("min_targets"), 1, i64::from(u32::MAX), count_hint),
+        };
+        // min_targets above the number of targets: no round could ever be good.
+        // Counted from the list as written, so a bad entry does not also trip this.
+        let target_count = match method {
+            Some(Method::Arp) => Some(1),
+            Some(Method::None) | None => None,
+            Some(_) => raw.targets.as_ref().map(|t| t.get_ref().len()),
+        };
+        if let (Some(min), Some(count), Some(n)) = (min_targets, target_count, &raw.min_targets) {
+            if count > 0 && min > count as i64 {
+                let what = if method == Some(Method::Arp) {
+                    "arp probes one target, the gateway".to_string()
+                } else {
+                    format!("there are only {count} targets")
+                };
+                self.dep_error(
+                    n.span(),
+                    &k("min_targets"),
+                    format!(
+                        "min_targets {min} can never be met: {what}; use 1..={count} or add \
+                         targets"
+                    ),
+                );
+            }
+        }
+        let rounds = |cx: &mut Self, v: &Option<Spanned<Int>>, name: &str, default: u32| match v {
+            None => Some(default),
+            Some(n) => cx
+                .int(
+                    n,
+                    &k(name),
+                    1,
+                    i64::from(u32::MAX),
+                    "a count of rounds, at least 1",
+                )
+                .map(|n| n as u32),
+        };
+        let down_after = rounds(self, &raw.down_after, "down_after", 3);
+        let up_after = rounds(self, &raw.up_after, "up_after", 5);
+        let window = rounds(self, &raw.window, "window", 20);
+        let max_loss = match &raw.max_loss {
+            None => Some(0),
+            Some(n) => self
+                .int(
+                    n,
+                    &k("max_loss"),
+                    0,
+                    100,
+                    "a percentage, 0..=100 (0 disables)",
+                )
+                .map(|n| n as u8),
+        };
+        let max_rtt = match &raw.max_rtt {
+            None => Some(Duration::ZERO),
+            Some(d) => self.duration(d, &k("max_rtt")),
+        };
+
+        Some(Check {
+            probe: probe?,
+            interval: interval?,
+            timeout: timeout?,
+            min_targets: min_targets? as u32,
+            down_after: down_after?,
+            up_after: up_after?,
+            max_loss: max_loss?,
+            max_rtt: max_rtt?,
+            window: window?,
+        })
+    }
+
+    /// Probe targets that are addresses (icmp, tcp, dns resolvers).
+    pub(super) fn addresses(&mut self, targets: &[Spanned<String>]) -> Option<Vec<IpAddr>> {
+        let mut ok = Vec::new();
+        let mut failed = false;
+        for t in targets {
+            let key = self.key_at(&t.span());
+            match t.get_ref().parse::<IpAddr>() {
+                Ok(a) if a.is_unspecified() || a.is_multicast() => {
+                    self.error(
+                        t.span(),
+                        &key,
+                        format!("{a} cannot be probed; give a unicast address"),
+                    );
+                    failed = true;
+                }
+                Ok(a) if ok.contains(&a) => {
+                    // A duplicate would count twice towards min_targets.
+                    self.error(
+                        t.span(),
+                        &key,
+                        format!("{a} is listed twice; list each target once"),
+                    );
+                    failed = true;
+                }
+                Ok(a) => ok.push(a),
+                Err(_) => {
+                    self.error(
+                        t.span(),
+                        &key,
+                        format!(
+                            "{:?} is not an IP address (v4 or v6); give addresses, not names",
+                            t.get_ref()
+                        ),
+                    );
+                    failed = true;
+                }
+            }
+        }
+        (!failed).then_some(ok)
+    }
+
+    pub(super) fn urls(&mut self, targets: &[Spanned<String>]) -> Option<Vec<String>> {
+        let mut ok: Vec<String> = Vec::new();
+        let mut failed = false;
+        for t in targets {
+            let key = self.key_at(&t.span());
+            let url = t.get_ref();
+            let rest = url
+                .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"));
+            let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or(""));
+            if host.is_none_or(str::is_empty) || url.chars().any(char::is_whitespace) {
+                self.error(
+                    t.span(),
+                    &key,
+                    format!("{url:?} is not an http:// or https:// URL; write e.g. \"http://example.com/\""),
+                );
+                failed = true;
+            } else if ok.contains(url) {
+                self.error(
+                    t.span(),
+                    &key,
+                    format!("{url} is listed twice; list each target once"),
+                );
+                failed = true;
+            } else {
+                ok.push(url.clone());
+            }
+        }
+        (!failed).then_some(ok)
+    }
+
+    pub(super) fn dns_name(&mut self, v: &Spanned<String>, key: &str) -> Option<String> {
+        let name = v.get_ref();
+        let trimmed = name.strip_suffix('.').unwrap_or(name);
+        let valid = !trimmed.is_empty()
+            && trimmed.len() <= 253
+            && trimmed.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            });
+        if !valid {
+            self.error(
+                v.span(),
+                key,
+                format!("{name:?} is not a DNS name; write e.g. \"example.com\""),
+            );
+            return None;
+        }
+        Some(name.clone())
+    }
+}
