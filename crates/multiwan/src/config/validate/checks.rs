@@ -1,4 +1,5 @@
 //! `[links.<name>.check]`: the health check, with the keys each method needs.
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
@@ -8,6 +9,36 @@ use super::Ctx;
 use crate::config::model::{Check, Gateway, Probe};
 use crate::config::raw::{Int, RawCheck};
 
+/// A probe method as written; each needs its own keys (see [`Ctx::probe`]).
+#[derive(Clone, Copy, PartialEq)]
+enum Method {
+    Icmp,
+    Tcp,
+    Http,
+    Dns,
+    Arp,
+    None,
+}
+
+impl Method {
+    const CHOICES: &[(&str, Method)] = &[
+        ("icmp", Method::Icmp),
+        ("tcp", Method::Tcp),
+        ("http", Method::Http),
+        ("dns", Method::Dns),
+        ("arp", Method::Arp),
+        ("none", Method::None),
+    ];
+
+    /// Methods that probe a list of targets (arp probes the gateway, none nothing).
+    fn needs_targets(self) -> bool {
+        matches!(
+            self,
+            Method::Icmp | Method::Tcp | Method::Http | Method::Dns
+        )
+    }
+}
+
 impl<'t> Ctx<'_, 't> {
     pub(super) fn check(
         &mut self,
@@ -15,154 +46,13 @@ impl<'t> Ctx<'_, 't> {
         key: &str,
         gateway: Option<Gateway<Ipv4Addr>>,
     ) -> Option<Check> {
-        #[derive(Clone, Copy, PartialEq)]
-        enum Method {
-            Icmp,
-            Tcp,
-            Http,
-            Dns,
-            Arp,
-            None,
-        }
         let raw = v.get_ref();
         let k = |s: &str| format!("{key}.{s}");
         let method = match &raw.method {
             None => Some(Method::Icmp),
-            Some(m) => self.choice(
-                m,
-                &k("method"),
-                &[
-                    ("icmp", Method::Icmp),
-                    ("tcp", Method::Tcp),
-                    ("http", Method::Http),
-                    ("dns", Method::Dns),
-                    ("arp", Method::Arp),
-                    ("none", Method::None),
-                ],
-            ),
+            Some(m) => self.choice(m, &k("method"), Method::CHOICES),
         };
-        let method_name = raw.method.as_ref().map_or("icmp", |m| m.get_ref().as_str());
-
-        // Keys a method needs, and keys it would silently ignore (a likely mistake).
-        let probe = method.and_then(|method| {
-            let needs_targets = matches!(
-                method,
-                Method::Icmp | Method::Tcp | Method::Http | Method::Dns
-            );
-            let targets = match (&raw.targets, needs_targets) {
-                (None, true) => {
-                    let example = match method {
-                        Method::Http => "targets = [\"http://example.com/\"]",
-                        _ => "targets = [\"198.18.0.1\", \"198.18.0.2\"]",
-                    };
-                    self.dep_error(
-                        v.span(),
-                        &k("targets"),
-                        format!("method {method_name} needs targets to probe, e.g. {example}"),
-                    );
-                    None
-                }
-                (Some(t), true) if t.get_ref().is_empty() => {
-                    self.dep_error(
-                        t.span(),
-                        &k("targets"),
-                        format!("method {method_name} needs at least one target"),
-                    );
-                    None
-                }
-                (Some(t), false) => {
-                    let why = if method == Method::Arp {
-                        "method arp probes the link's gateway; remove targets"
-                    } else {
-                        "method none sends no probes; remove targets"
-                    };
-                    self.error(t.span(), &k("targets"), why);
-                    None
-                }
-                (t, _) => t.as_ref().map(|t| t.get_ref().as_slice()),
-            };
-            let port = match (&raw.port, method) {
-                (None, Method::Tcp) => {
-                    self.dep_error(
-                        v.span(),
-                        &k("port"),
-                        "method tcp needs the port to connect to, e.g. port = 443",
-                    );
-                    None
-                }
-                (Some(p), Method::Tcp) => self
-                    .int(p, &k("port"), 1, 65535, "TCP ports are 1..=65535")
-                    .map(|p| p as u16),
-                (Some(p), _) => {
-                    self.dep_error(
-                        p.span(),
-                        &k("port"),
-                        format!("port is only used by method tcp, not {method_name}; remove it"),
-                    );
-                    None
-                }
-                (None, _) => None,
-            };
-            let query = match (&raw.query, method) {
-                (None, Method::Dns) => {
-                    self.dep_error(
-                        v.span(),
-                        &k("query"),
-                        "method dns needs a name to resolve, e.g. query = \"example.com\"",
-                    );
-                    None
-                }
-                (Some(q), Method::Dns) => self.dns_name(q, &k("query")),
-                (Some(q), _) => {
-                    self.dep_error(
-                        q.span(),
-                        &k("query"),
-                        format!("query is only used by method dns, not {method_name}; remove it"),
-                    );
-                    None
-                }
-                (None, _) => None,
-            };
-            if method == Method::Arp && gateway == Some(Gateway::None) {
-                self.dep_error(
-                    raw.method.as_ref().map_or(v.span(), |m| m.span()),
-                    &k("method"),
-                    "method arp probes the IPv4 gateway, but this link has gateway = \"none\"; \
-                     use icmp with targets instead",
-                );
-                return None;
-            }
-            if self.lenient {
-                // The method may be a default standing in for a removed key; the
-                // targets cannot be judged against it.
-                return None;
-            }
-            Some(match method {
-                Method::Icmp => Probe::Icmp {
-                    targets: self.addresses(targets?)?,
-                },
-                Method::Tcp => {
-                    let targets = self.addresses(targets?);
-                    Probe::Tcp {
-                        targets: targets?,
-                        port: port?,
-                    }
-                }
-                Method::Dns => {
-                    let resolvers = self.addresses(targets?);
-                    Probe::Dns {
-                        resolvers: resolvers?,
-                        query: query?,
-                    }
-                }
-                Method::Http => Probe::Http {
-                    urls: self.urls(targets?)?,
-                },
-                Method::Arp => Probe::Arp,
-                Method::None => Probe::None,
-            })
-        });
-
+        let probe = method.and_then(|method| self.probe(v, key, method, gateway));
         let interval = match &raw.interval {
             None => Some(Duration::from_secs(1)),
             Some(d) => self.nonzero_duration(d, &k("interval")),
@@ -171,35 +61,7 @@ impl<'t> Ctx<'_, 't> {
             None => Some(Duration::from_secs(1)),
             Some(d) => self.nonzero_duration(d, &k("timeout")),
         };
-        let count_hint = "a round is good when at least min_targets targets answered";
-        let min_targets = match &raw.min_targets {
-            None => Some(1),
-            Some(n) => self.int(n, &k("min_targets"), 1, i64::from(u32::MAX), count_hint),
-        };
-        // min_targets above the number of targets: no round could ever be good.
-        // Counted from the list as written, so a bad entry does not also trip this.
-        let target_count = match method {
-            Some(Method::Arp) => Some(1),
-            Some(Method::None) | None => None,
-            Some(_) => raw.targets.as_ref().map(|t| t.get_ref().len()),
-        };
-        if let (Some(min), Some(count), Some(n)) = (min_targets, target_count, &raw.min_targets) {
-            if count > 0 && min > count as i64 {
-                let what = if method == Some(Method::Arp) {
-                    "arp probes one target, the gateway".to_string()
-                } else {
-                    format!("there are only {count} targets")
-                };
-                self.dep_error(
-                    n.span(),
-                    &k("min_targets"),
-                    format!(
-                        "min_targets {min} can never be met: {what}; use 1..={count} or add \
-                         targets"
-                    ),
-                );
-            }
-        }
+        let min_targets = self.min_targets(raw, key, method);
         let rounds = |cx: &mut Self, v: &Option<Spanned<Int>>, name: &str, default: u32| match v {
             None => Some(default),
             Some(n) => cx
@@ -243,6 +105,179 @@ impl<'t> Ctx<'_, 't> {
             max_rtt: max_rtt?,
             window: window?,
         })
+    }
+
+    /// What the method probes, with the keys it needs; keys it would silently ignore
+    /// are errors (a likely mistake).
+    fn probe(
+        &mut self,
+        v: &Spanned<RawCheck>,
+        key: &str,
+        method: Method,
+        gateway: Option<Gateway<Ipv4Addr>>,
+    ) -> Option<Probe> {
+        let raw = v.get_ref();
+        let k = |s: &str| format!("{key}.{s}");
+        let method_name = raw.method.as_ref().map_or("icmp", |m| m.get_ref().as_str());
+        let targets = self.targets(v, key, method, method_name);
+        let port = match (&raw.port, method) {
+            (None, Method::Tcp) => {
+                self.dep_error(
+                    v.span(),
+                    &k("port"),
+                    "method tcp needs the port to connect to, e.g. port = 443",
+                );
+                None
+            }
+            (Some(p), Method::Tcp) => self
+                .int(p, &k("port"), 1, 65535, "TCP ports are 1..=65535")
+                .map(|p| p as u16),
+            (Some(p), _) => {
+                self.dep_error(
+                    p.span(),
+                    &k("port"),
+                    format!("port is only used by method tcp, not {method_name}; remove it"),
+                );
+                None
+            }
+            (None, _) => None,
+        };
+        let query = match (&raw.query, method) {
+            (None, Method::Dns) => {
+                self.dep_error(
+                    v.span(),
+                    &k("query"),
+                    "method dns needs a name to resolve, e.g. query = \"example.com\"",
+                );
+                None
+            }
+            (Some(q), Method::Dns) => self.dns_name(q, &k("query")),
+            (Some(q), _) => {
+                self.dep_error(
+                    q.span(),
+                    &k("query"),
+                    format!("query is only used by method dns, not {method_name}; remove it"),
+                );
+                None
+            }
+            (None, _) => None,
+        };
+        if method == Method::Arp && gateway == Some(Gateway::None) {
+            self.dep_error(
+                raw.method.as_ref().map_or(v.span(), |m| m.span()),
+                &k("method"),
+                "method arp probes the IPv4 gateway, but this link has gateway = \"none\"; \
+                 use icmp with targets instead",
+            );
+            return None;
+        }
+        if self.lenient {
+            // The method may be a default standing in for a removed key; the
+            // targets cannot be judged against it.
+            return None;
+        }
+        Some(match method {
+            Method::Icmp => Probe::Icmp {
+                targets: self.addresses(targets?)?,
+            },
+            Method::Tcp => {
+                let targets = self.addresses(targets?);
+                Probe::Tcp {
+                    targets: targets?,
+                    port: port?,
+                }
+            }
+            Method::Dns => {
+                let resolvers = self.addresses(targets?);
+                Probe::Dns {
+                    resolvers: resolvers?,
+                    query: query?,
+                }
+            }
+            Method::Http => Probe::Http {
+                urls: self.urls(targets?)?,
+            },
+            Method::Arp => Probe::Arp,
+            Method::None => Probe::None,
+        })
+    }
+
+    /// The targets as written, when the method needs them and has some.
+    fn targets<'v>(
+        &mut self,
+        v: &'v Spanned<RawCheck>,
+        key: &str,
+        method: Method,
+        method_name: &str,
+    ) -> Option<&'v [Spanned<String>]> {
+        let key = format!("{key}.targets");
+        match (&v.get_ref().targets, method.needs_targets()) {
+            (None, true) => {
+                let example = match method {
+                    Method::Http => "targets = [\"http://example.com/\"]",
+                    _ => "targets = [\"198.18.0.1\", \"198.18.0.2\"]",
+                };
+                self.dep_error(
+                    v.span(),
+                    &key,
+                    format!("method {method_name} needs targets to probe, e.g. {example}"),
+                );
+                None
+            }
+            (Some(t), true) if t.get_ref().is_empty() => {
+                self.dep_error(
+                    t.span(),
+                    &key,
+                    format!("method {method_name} needs at least one target"),
+                );
+                None
+            }
+            (Some(t), false) => {
+                let why = if method == Method::Arp {
+                    "method arp probes the link's gateway; remove targets"
+                } else {
+                    "method none sends no probes; remove targets"
+                };
+                self.error(t.span(), &key, why);
+                None
+            }
+            (t, _) => t.as_ref().map(|t| t.get_ref().as_slice()),
+        }
+    }
+
+    /// `min_targets`, which must be reachable: above the number of targets no round
+    /// could ever be good. Counted from the list as written, so a bad entry does not
+    /// also trip this.
+    fn min_targets(&mut self, raw: &RawCheck, key: &str, method: Option<Method>) -> Option<i64> {
+        let key = format!("{key}.min_targets");
+        let count_hint = "a round is good when at least min_targets targets answered";
+        let min_targets = match &raw.min_targets {
+            None => Some(1),
+            Some(n) => self.int(n, &key, 1, i64::from(u32::MAX), count_hint),
+        };
+        let target_count = match method {
+            Some(Method::Arp) => Some(1),
+            Some(Method::None) | None => None,
+            Some(_) => raw.targets.as_ref().map(|t| t.get_ref().len()),
+        };
+        if let (Some(min), Some(count), Some(n)) = (min_targets, target_count, &raw.min_targets) {
+            if count > 0 && min > count as i64 {
+                let what = if method == Some(Method::Arp) {
+                    "arp probes one target, the gateway".to_string()
+                } else {
+                    format!("there are only {count} targets")
+                };
+                self.dep_error(
+                    n.span(),
+                    &key,
+                    format!(
+                        "min_targets {min} can never be met: {what}; use 1..={count} or add \
+                         targets"
+                    ),
+                );
+            }
+        }
+        min_targets
     }
 
     /// Probe targets that are addresses (icmp, tcp, dns resolvers).

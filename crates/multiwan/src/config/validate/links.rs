@@ -1,5 +1,6 @@
 //! `[links.<name>]`: one link's keys, and the checks across links (ids, interfaces and
 //! gateways, tables, LAN interfaces).
+
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::Range;

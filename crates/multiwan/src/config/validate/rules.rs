@@ -1,4 +1,5 @@
 //! `[[rules]]`: selectors, targets, and what makes a rule impossible.
+
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
@@ -174,58 +175,14 @@ impl<'t> Ctx<'_, 't> {
                 ],
             ),
         };
-        let ports = raw.destination_port.as_ref().map(|list| {
-            let mut ok = Vec::new();
-            for p in list {
-                let entry_key = self.key_at(&p.span());
-                if let Some(range) = self.port_range(p, &entry_key) {
-                    ok.push(range);
-                }
-            }
-            (ok.len() == list.len()).then_some(ok)
-        });
-        if let (Some(protocol), Some(list)) = (protocol, &raw.destination_port) {
-            if !list.is_empty() && !matches!(protocol, Protocol::Tcp | Protocol::Udp) {
-                let span = raw.protocol.as_ref().map_or(list[0].span(), |p| p.span());
-                let shown = raw
-                    .protocol
-                    .as_ref()
-                    .map_or("any", |p| p.get_ref().as_str());
-                self.dep_error(
-                    span,
-                    &k("protocol"),
-                    format!(
-                        "destination_port needs protocol = \"tcp\" or \"udp\", not {shown:?}; \
-                         ports exist only for those"
-                    ),
-                );
-            }
-        }
+        let ports = self.ports(&raw, key, protocol);
         let input_interface = raw
             .input_interface
             .as_ref()
             .map(|v| self.ifname(v, &k("input_interface")));
         let user = raw.user.as_ref().map(|v| self.user(v, &k("user")));
         let cgroup = raw.cgroup.as_ref().map(|v| self.cgroup(v, &k("cgroup")));
-        if let Some(iif) = &raw.input_interface {
-            for (field, span) in [
-                ("user", raw.user.as_ref().map(|u| u.span())),
-                ("cgroup", raw.cgroup.as_ref().map(|c| c.span())),
-            ] {
-                if let Some(span) = span {
-                    self.error(
-                        span,
-                        &k(field),
-                        format!(
-                            "{field} matches only traffic the router itself sends, input_interface \
-                             = {:?} only traffic it receives, so this rule could never match; \
-                             split it into two rules",
-                            iif.get_ref()
-                        ),
-                    );
-                }
-            }
-        }
+        self.local_only_with_iif(&raw, key);
 
         let target = match &raw.policy {
             None => {
@@ -261,36 +218,8 @@ impl<'t> Ctx<'_, 't> {
         // A rule whose selectors share no address family can never match; that is
         // always a mistake (e.g. an IPv4 source with protocol icmpv6).
         if let (Some(src), Some(dst), Some(proto)) = (&source, &destination, protocol) {
-            let by_proto = match proto {
-                Protocol::Icmp => Families {
-                    v4: true,
-                    v6: false,
-                },
-                Protocol::Icmpv6 => Families {
-                    v4: false,
-                    v6: true,
-                },
-                _ => Families::BOTH,
-            };
-            let s = Families::of_prefixes(src);
-            let d = Families::of_prefixes(dst);
-            if s.and(d).and(by_proto)
-                == (Families {
-                    v4: false,
-                    v6: false,
-                })
-            {
-                self.dep_error(
-                    table_span,
-                    key,
-                    format!(
-                        "this rule can never match: source is {}, destination {}, protocol {}; \
-                         split it by address family",
-                        s.describe(),
-                        d.describe(),
-                        by_proto.describe()
-                    ),
-                );
+            if let Some(problem) = impossible_families(src, dst, proto) {
+                self.dep_error(table_span, key, problem);
             }
         }
 
@@ -422,4 +351,97 @@ impl<'t> Ctx<'_, 't> {
             }
         })
     }
+
+    /// `destination_port`, which needs protocol tcp or udp. `None`: absent;
+    /// `Some(None)`: an entry was wrong.
+    fn ports(
+        &mut self,
+        raw: &RawRule,
+        key: &str,
+        protocol: Option<Protocol>,
+    ) -> Option<Option<Vec<PortRange>>> {
+        let k = |s: &str| format!("{key}.{s}");
+        let ports = raw.destination_port.as_ref().map(|list| {
+            let mut ok = Vec::new();
+            for p in list {
+                let entry_key = self.key_at(&p.span());
+                if let Some(range) = self.port_range(p, &entry_key) {
+                    ok.push(range);
+                }
+            }
+            (ok.len() == list.len()).then_some(ok)
+        });
+        if let (Some(protocol), Some(list)) = (protocol, &raw.destination_port) {
+            if !list.is_empty() && !matches!(protocol, Protocol::Tcp | Protocol::Udp) {
+                let span = raw.protocol.as_ref().map_or(list[0].span(), |p| p.span());
+                let shown = raw
+                    .protocol
+                    .as_ref()
+                    .map_or("any", |p| p.get_ref().as_str());
+                self.dep_error(
+                    span,
+                    &k("protocol"),
+                    format!(
+                        "destination_port needs protocol = \"tcp\" or \"udp\", not {shown:?}; \
+                         ports exist only for those"
+                    ),
+                );
+            }
+        }
+        ports
+    }
+
+    /// `user` and `cgroup` match only what the router sends, `input_interface` only
+    /// what it receives: together they can never match.
+    fn local_only_with_iif(&mut self, raw: &RawRule, key: &str) {
+        if let Some(iif) = &raw.input_interface {
+            for (field, span) in [
+                ("user", raw.user.as_ref().map(|u| u.span())),
+                ("cgroup", raw.cgroup.as_ref().map(|c| c.span())),
+            ] {
+                if let Some(span) = span {
+                    self.error(
+                        span,
+                        &format!("{key}.{field}"),
+                        format!(
+                            "{field} matches only traffic the router itself sends, input_interface \
+                             = {:?} only traffic it receives, so this rule could never match; \
+                             split it into two rules",
+                            iif.get_ref()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Why a rule whose selectors share no address family can never match, if so.
+fn impossible_families(src: &[IpNet], dst: &[IpNet], proto: Protocol) -> Option<String> {
+    let by_proto = match proto {
+        Protocol::Icmp => Families {
+            v4: true,
+            v6: false,
+        },
+        Protocol::Icmpv6 => Families {
+            v4: false,
+            v6: true,
+        },
+        _ => Families::BOTH,
+    };
+    let s = Families::of_prefixes(src);
+    let d = Families::of_prefixes(dst);
+    let none = Families {
+        v4: false,
+        v6: false,
+    };
+    (s.and(d).and(by_proto) == none).then(|| {
+        format!(
+            "this rule can never match: source is {}, destination {}, protocol {}; \
+             split it by address family",
+            s.describe(),
+            d.describe(),
+            by_proto.describe()
+        )
+    })
 }

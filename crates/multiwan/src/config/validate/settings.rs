@@ -1,4 +1,5 @@
 //! `[settings]`: the instance's ranges, names, paths and defaults.
+
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;

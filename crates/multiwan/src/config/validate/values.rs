@@ -1,5 +1,6 @@
 //! Small checks of single values (ranges, choices, durations, names, prefixes) that
 //! every section uses; each reports its own error at the value's position.
+
 use std::net::IpAddr;
 use std::ops::Range;
 use std::time::Duration;
