@@ -47,6 +47,7 @@ pub struct RawLink {
     pub priority: Option<Spanned<Int>>,
     pub weight: Option<Spanned<Int>>,
     pub masquerade: Option<bool>,
+    pub snat_to: Option<Spanned<String>>,
     pub masquerade6: Option<Spanned<bool>>,
     pub npt6: Option<Spanned<RawNpt6>>,
     pub mss_clamp: Option<bool>,

@@ -98,7 +98,19 @@ impl<'t> Ctx<'_, 't> {
             None => Some(1),
             Some(v) => self.weight(v, &key("weight")),
         };
+        let snat_to = raw
+            .snat_to
+            .as_ref()
+            .map(|v| self.snat_to(v, &key("snat_to"), raw.masquerade));
         let npt6 = raw.npt6.as_ref().map(|v| self.npt6(v, &key("npt6")));
+        if let (Some(v), Some(Some(_))) = (&raw.snat_to, &snat_to) {
+            self.snat_to_unsupported(v, &key("snat_to"));
+        }
+        // With masquerade6 as well, the error below says to keep one of them first.
+        let masquerade6 = raw.masquerade6.as_ref().is_some_and(|m| *m.get_ref());
+        if let (Some(v), Some(Some(n)), false) = (&raw.npt6, &npt6, masquerade6) {
+            self.npt6_unsupported(v, n, &key("npt6"));
+        }
         if let (Some(m6), Some(_)) = (&raw.masquerade6, &raw.npt6) {
             if *m6.get_ref() {
                 self.error(
@@ -135,6 +147,7 @@ impl<'t> Ctx<'_, 't> {
                 priority: priority?,
                 weight: weight?,
                 masquerade: raw.masquerade.unwrap_or(true),
+                snat_to: snat_to.flatten(),
                 masquerade6: raw.masquerade6.is_some_and(|v| *v.get_ref()),
                 npt6: npt6.flatten(),
                 mss_clamp: raw.mss_clamp.unwrap_or(false),
@@ -187,6 +200,59 @@ impl<'t> Ctx<'_, 't> {
         };
         self.error(v.span(), key, problem);
         None
+    }
+
+    /// `snat_to`: the address masquerade would pick, fixed. It is a variant of
+    /// masquerade (the same rule, another source address), so it needs `masquerade`
+    /// on (the default): with `masquerade = false` the link does no NAT at all and an
+    /// address to NAT to would be a contradiction.
+    pub(super) fn snat_to(
+        &mut self,
+        v: &Spanned<String>,
+        key: &str,
+        masquerade: Option<bool>,
+    ) -> Option<Ipv4Addr> {
+        let text = v.get_ref();
+        let addr = match text.parse::<IpAddr>() {
+            Ok(IpAddr::V4(a)) if a.is_unspecified() || a.is_broadcast() || a.is_multicast() => {
+                self.error(
+                    v.span(),
+                    key,
+                    format!("{a} cannot be a source address; give the link's unicast address"),
+                );
+                return None;
+            }
+            Ok(IpAddr::V4(a)) => a,
+            Ok(IpAddr::V6(_)) => {
+                self.error(
+                    v.span(),
+                    key,
+                    format!(
+                        "{text} is an IPv6 address; snat_to is for IPv4 (IPv6 uses masquerade6 \
+                         or npt6)"
+                    ),
+                );
+                return None;
+            }
+            Err(_) => {
+                self.error(
+                    v.span(),
+                    key,
+                    format!("{text:?} is not an IPv4 address; write e.g. \"198.51.100.2\""),
+                );
+                return None;
+            }
+        };
+        if masquerade == Some(false) {
+            self.dep_error(
+                v.span(),
+                key,
+                "snat_to sets the address masquerade translates to, but masquerade = false \
+                 turns NAT off on this link; remove one of them",
+            );
+            return None;
+        }
+        Some(addr)
     }
 
     pub(super) fn npt6(&mut self, v: &Spanned<RawNpt6>, key: &str) -> Option<Npt6> {

@@ -29,6 +29,7 @@ mod policies;
 mod rules;
 mod settings;
 mod spans;
+mod unsupported;
 mod users;
 mod values;
 
