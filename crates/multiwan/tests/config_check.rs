@@ -1628,3 +1628,34 @@ fn unimplemented_keys_are_refused() {
     assert!(c.links[1].masquerade6);
     assert_eq!(c.links[1].snat_to, None);
 }
+
+/// Settings that are valid one by one but together could never work (SPEC §1: check
+/// settings that cannot work).
+#[test]
+fn combinations_that_could_never_work() {
+    // An IPv6 probe target on a link without IPv6: never answers, link never up.
+    let e = one_error(
+        &two("gateway6 = \"none\"\n[links.isp2.check]\n\
+             targets = [\"198.18.0.1\", \"2001:db8::1\"]\n"),
+        "links.isp2.check.targets[2]",
+        9,
+        "gateway6 = \"none\"",
+    );
+    assert_eq!(e.column, 26);
+    ok(&two(
+        "gateway6 = \"none\"\n[links.isp2.check]\ntargets = [\"198.18.0.1\"]\n",
+    ));
+    ok(&two("[links.isp2.check]\ntargets = [\"2001:db8::1\"]\n"));
+
+    // A router-local-only rule while the router's own traffic is left alone.
+    let text = format!(
+        "[settings]\nlocal_traffic = false\n{TWO}\
+         [[rules]]\nuser = 0\npolicy = \"isp1\"\n\
+         [[rules]]\ncgroup = \"system.slice/x.service\"\npolicy = \"isp2\"\n\
+         [[rules]]\ndestination = [\"198.18.0.0/24\"]\npolicy = \"isp2\"\n"
+    );
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 2, "{}", ConfigErrors(errs.clone()));
+    has_error(&errs, "rules[1].user", 10, "local_traffic = false");
+    has_error(&errs, "rules[2].cgroup", 13, "local_traffic = false");
+}

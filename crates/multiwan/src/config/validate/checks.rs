@@ -1,6 +1,6 @@
 //! `[links.<name>.check]`: the health check, with the keys each method needs.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use serde_spanned::Spanned;
@@ -45,6 +45,7 @@ impl<'t> Ctx<'_, 't> {
         v: &Spanned<RawCheck>,
         key: &str,
         gateway: Option<Gateway<Ipv4Addr>>,
+        gateway6: Option<Gateway<Ipv6Addr>>,
     ) -> Option<Check> {
         let raw = v.get_ref();
         let k = |s: &str| format!("{key}.{s}");
@@ -53,6 +54,13 @@ impl<'t> Ctx<'_, 't> {
             Some(m) => self.choice(m, &k("method"), Method::CHOICES),
         };
         let probe = method.and_then(|method| self.probe(v, key, method, gateway));
+        if let (Some(Probe::Icmp { .. } | Probe::Tcp { .. } | Probe::Dns { .. }), Some(t)) =
+            (&probe, &raw.targets)
+        {
+            if gateway6 == Some(Gateway::None) {
+                self.ipv6_targets_without_ipv6(t.get_ref());
+            }
+        }
         let interval = match &raw.interval {
             None => Some(Duration::from_secs(1)),
             Some(d) => self.nonzero_duration(d, &k("interval")),
@@ -278,6 +286,25 @@ impl<'t> Ctx<'_, 't> {
             }
         }
         min_targets
+    }
+
+    /// A link with `gateway6 = "none"` has no IPv6 route out, so an IPv6 target could
+    /// never answer through it and the link would never come up.
+    fn ipv6_targets_without_ipv6(&mut self, targets: &[Spanned<String>]) {
+        for t in targets {
+            if let Ok(IpAddr::V6(a)) = t.get_ref().parse::<IpAddr>() {
+                let key = self.key_at(&t.span());
+                self.dep_error(
+                    t.span(),
+                    &key,
+                    format!(
+                        "{a} is IPv6, but this link has gateway6 = \"none\" (no IPv6 route to \
+                         probe through), so it could never answer; probe IPv4 targets or set \
+                         gateway6"
+                    ),
+                );
+            }
+        }
     }
 
     /// Probe targets that are addresses (icmp, tcp, dns resolvers).

@@ -124,7 +124,7 @@ impl<'t> Ctx<'_, 't> {
         let check = raw
             .check
             .as_ref()
-            .map(|c| self.check(c, &key("check"), gateway));
+            .map(|c| self.check(c, &key("check"), gateway, gateway6));
 
         facts.id = id.clone();
         facts.gateway = match (gateway, &raw.gateway, &interface) {

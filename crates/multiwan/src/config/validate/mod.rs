@@ -264,7 +264,8 @@ impl<'t> Ctx<'_, 't> {
         let policy_names: HashSet<&str> =
             policy_entries.iter().map(|(n, _, _)| n.as_str()).collect();
 
-        let rules = self.rules(rules_v, &link_names, &policy_names);
+        let local_traffic = settings.as_ref().map(|s| s.local_traffic);
+        let rules = self.rules(rules_v, &link_names, &policy_names, local_traffic);
 
         let settings = settings?;
         let mut links = facts

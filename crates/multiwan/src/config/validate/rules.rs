@@ -55,6 +55,7 @@ impl<'t> Ctx<'_, 't> {
         value: Option<&Spanned<DeValue<'t>>>,
         link_names: &HashSet<&str>,
         policy_names: &HashSet<&str>,
+        local_traffic: Option<bool>,
     ) -> Option<Vec<Rule>> {
         let Some(value) = value else {
             return Some(Vec::new());
@@ -98,6 +99,9 @@ impl<'t> Ctx<'_, 't> {
                 } else {
                     names.insert(name.clone(), n);
                 }
+            }
+            if local_traffic == Some(false) {
+                self.local_only_without_local_traffic(&raw, &key);
             }
             match self.rule(&key, item.span(), raw, name, link_names, policy_names) {
                 Some(rule) if !self.lenient => rules.push(rule),
@@ -389,6 +393,27 @@ impl<'t> Ctx<'_, 't> {
             }
         }
         ports
+    }
+
+    /// `user` and `cgroup` match only what the router sends, which
+    /// `local_traffic = false` leaves to the main table.
+    fn local_only_without_local_traffic(&mut self, raw: &RawRule, key: &str) {
+        for (field, span) in [
+            ("user", raw.user.as_ref().map(|u| u.span())),
+            ("cgroup", raw.cgroup.as_ref().map(|c| c.span())),
+        ] {
+            if let Some(span) = span {
+                self.error(
+                    span,
+                    &format!("{key}.{field}"),
+                    format!(
+                        "{field} matches only traffic the router itself sends, but \
+                         settings.local_traffic = false leaves that traffic alone, so this rule \
+                         could never match; set local_traffic = true or remove the rule"
+                    ),
+                );
+            }
+        }
     }
 
     /// `user` and `cgroup` match only what the router sends, `input_interface` only
