@@ -19,9 +19,8 @@ impl Ctx<'_, '_> {
         self.error(
             v.span(),
             key,
-            "snat_to is not implemented in this build yet (the link would masquerade to \
-             its primary address instead); remove it, and make the shared address the \
-             interface's primary one if NAT-ed connections must keep it",
+            "snat_to is not implemented in this build yet (it cannot NAT to a fixed \
+             address); remove it, and the link masquerades to the interface's own address",
         );
     }
 
