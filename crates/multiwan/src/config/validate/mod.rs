@@ -12,7 +12,6 @@
 //! the removed keys stand at their defaults and would make such errors misleading. Its
 //! name counts as defined either way, so references to it raise no "no such link"
 //! noise. Checks across sections (ids, interfaces, tables, references) run on whatever
-
 //! could be read.
 
 use std::collections::{HashMap, HashSet};

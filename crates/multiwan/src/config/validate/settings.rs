@@ -147,7 +147,7 @@ impl<'t> Ctx<'_, 't> {
         )? as u32;
         // The planner puts ids 1..=254 and the reserved main mark 255 into the lowest
         // run of 8 contiguous mask bits (plan::marks), so such a run must exist.
-        if !(0..=24).any(|shift| (mask >> shift) & 0xff == 0xff) {
+        if !has_eight_contiguous_bits(mask) {
             self.error(
                 v.span(),
                 key,
@@ -253,5 +253,26 @@ impl<'t> Ctx<'_, 't> {
             return None;
         }
         Some(PathBuf::from(text))
+    }
+}
+
+/// Whether `mask` holds a run of 8 contiguous set bits, where the planner puts link ids
+/// 1..=254 and the reserved main mark (`plan::marks`).
+fn has_eight_contiguous_bits(mask: u32) -> bool {
+    (0..=24).any(|shift| (mask >> shift) & 0xff == 0xff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mark_masks() {
+        for good in [0xff00, 0xff, 0xff00_0000, 0x1fe0, 0xffff_ffff] {
+            assert!(has_eight_contiguous_bits(good), "{good:#x}");
+        }
+        for bad in [0, 0x7f, 0xf0f0, 0x7f00_0000] {
+            assert!(!has_eight_contiguous_bits(bad), "{bad:#x}");
+        }
     }
 }

@@ -1,5 +1,4 @@
 //! Where a thing is in the TOML file: dotted key paths from byte offsets, serde's
-
 //! messages in TOML words, and removing a bad key so a section can be read again.
 
 use std::ops::Range;

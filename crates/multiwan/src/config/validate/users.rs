@@ -1,6 +1,5 @@
 //! `user = "<name>"` in rules: names resolve to uids through the system's user
 //! database (NSS: /etc/passwd, LDAP, systemd-userdb, whatever nsswitch.conf says), the
-
 //! way `id <name>` does, so a user that exists for the system exists for multiwan.
 
 use serde_spanned::Spanned;

@@ -132,30 +132,11 @@ impl<'t> Ctx<'_, 't> {
         Some(name.clone())
     }
 
-    /// Link and policy names: they become routing-table names, nft counter names and
-    /// rule targets, so they must not be mistaken for a number or a keyword.
+    /// Link and policy names (see [`name_problem`]).
     pub(super) fn check_name(&mut self, kind: &str, name: &str, span: Range<usize>, key: &str) {
-        let problem = if name.is_empty() || name.len() > MAX_NAME_LEN {
-            format!(
-                "a {kind} name is 1 to {MAX_NAME_LEN} characters; {name:?} has {}",
-                name.chars().count()
-            )
-        } else if !name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
-        {
-            format!("{name:?} may use only a-z, 0-9, _ and -; rename the {kind}")
-        } else if name.chars().all(|c| c.is_ascii_digit()) {
-            format!("{name:?} is all digits and would read as a table number; add a letter")
-        } else if RESERVED_NAMES.contains(&name) {
-            format!(
-                "{name:?} is reserved ({}); choose another {kind} name",
-                RESERVED_NAMES.join(", ")
-            )
-        } else {
-            return;
-        };
-        self.error(span, key, problem);
+        if let Some(problem) = name_problem(kind, name) {
+            self.error(span, key, problem);
+        }
     }
 
     pub(super) fn priority(&mut self, v: &Spanned<Int>, key: &str) -> Option<u32> {
@@ -215,4 +196,52 @@ pub(super) fn parse_prefix(text: &str) -> Option<IpNet> {
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
         .ok()
+}
+
+/// What is wrong with a link or policy name, if anything: names become routing-table
+/// names, nft counter names and rule targets, so they must not be mistaken for a
+/// number or a keyword.
+fn name_problem(kind: &str, name: &str) -> Option<String> {
+    Some(if name.is_empty() || name.len() > MAX_NAME_LEN {
+        format!(
+            "a {kind} name is 1 to {MAX_NAME_LEN} characters; {name:?} has {}",
+            name.chars().count()
+        )
+    } else if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+    {
+        format!("{name:?} may use only a-z, 0-9, _ and -; rename the {kind}")
+    } else if name.chars().all(|c| c.is_ascii_digit()) {
+        format!("{name:?} is all digits and would read as a table number; add a letter")
+    } else if RESERVED_NAMES.contains(&name) {
+        format!(
+            "{name:?} is reserved ({}); choose another {kind} name",
+            RESERVED_NAMES.join(", ")
+        )
+    } else {
+        return None;
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(name_problem("link", "isp-1_b"), None);
+        assert_eq!(name_problem("link", "lte"), None);
+        for bad in [
+            "",
+            "a-very-long-name-x",
+            "ISP",
+            "isp.1",
+            "42",
+            "main",
+            "all",
+        ] {
+            assert!(name_problem("link", bad).is_some(), "{bad:?} accepted");
+        }
+    }
 }
