@@ -98,29 +98,7 @@ impl<'t> Ctx<'_, 't> {
             None => Some(1),
             Some(v) => self.weight(v, &key("weight")),
         };
-        let snat_to = raw
-            .snat_to
-            .as_ref()
-            .map(|v| self.snat_to(v, &key("snat_to"), raw.masquerade));
-        let npt6 = raw.npt6.as_ref().map(|v| self.npt6(v, &key("npt6")));
-        if let (Some(v), Some(Some(_))) = (&raw.snat_to, &snat_to) {
-            self.snat_to_unsupported(v, &key("snat_to"));
-        }
-        // With masquerade6 as well, the error below says to keep one of them first.
-        let masquerade6 = raw.masquerade6.as_ref().is_some_and(|m| *m.get_ref());
-        if let (Some(v), Some(Some(n)), false) = (&raw.npt6, &npt6, masquerade6) {
-            self.npt6_unsupported(v, n, &key("npt6"));
-        }
-        if let (Some(m6), Some(_)) = (&raw.masquerade6, &raw.npt6) {
-            if *m6.get_ref() {
-                self.error(
-                    m6.span(),
-                    &key("masquerade6"),
-                    "npt6 and masquerade6 both translate IPv6 leaving this link; keep one \
-                     (npt6 keeps addresses stable, masquerade6 hides the LAN behind one)",
-                );
-            }
-        }
+        let (snat_to, npt6) = self.nat(&raw, &base_key);
         let check = raw
             .check
             .as_ref()
@@ -200,6 +178,40 @@ impl<'t> Ctx<'_, 't> {
         };
         self.error(v.span(), key, problem);
         None
+    }
+
+    /// The NAT keys: `snat_to` (IPv4), and `npt6` or `masquerade6` (IPv6, one of them).
+    /// `None`: the key is absent; `Some(None)`: it is wrong.
+    fn nat(
+        &mut self,
+        raw: &RawLink,
+        base_key: &str,
+    ) -> (Option<Option<Ipv4Addr>>, Option<Option<Npt6>>) {
+        let key = |k: &str| format!("{base_key}.{k}");
+        let snat_to = raw
+            .snat_to
+            .as_ref()
+            .map(|v| self.snat_to(v, &key("snat_to"), raw.masquerade));
+        let npt6 = raw.npt6.as_ref().map(|v| self.npt6(v, &key("npt6")));
+        if let (Some(v), Some(Some(_))) = (&raw.snat_to, &snat_to) {
+            self.snat_to_unsupported(v, &key("snat_to"));
+        }
+        // With masquerade6 as well, the error below says to keep one of them first.
+        let masquerade6 = raw.masquerade6.as_ref().is_some_and(|m| *m.get_ref());
+        if let (Some(v), Some(Some(n)), false) = (&raw.npt6, &npt6, masquerade6) {
+            self.npt6_unsupported(v, n, &key("npt6"));
+        }
+        if let (Some(m6), Some(_)) = (&raw.masquerade6, &raw.npt6) {
+            if *m6.get_ref() {
+                self.error(
+                    m6.span(),
+                    &key("masquerade6"),
+                    "npt6 and masquerade6 both translate IPv6 leaving this link; keep one \
+                     (npt6 keeps addresses stable, masquerade6 hides the LAN behind one)",
+                );
+            }
+        }
+        (snat_to, npt6)
     }
 
     /// `snat_to`: the address masquerade would pick, fixed. It is a variant of
