@@ -1658,4 +1658,17 @@ fn combinations_that_could_never_work() {
     assert_eq!(errs.len(), 2, "{}", ConfigErrors(errs.clone()));
     has_error(&errs, "rules[1].user", 10, "local_traffic = false");
     has_error(&errs, "rules[2].cgroup", 13, "local_traffic = false");
+
+    // `log` on a rule by user alone: ip rules steer it, and they cannot log.
+    let e = one_error(
+        &two("[[rules]]\nuser = 0\npolicy = \"isp1\"\nlog = true\n"),
+        "rules[1].log",
+        10,
+        "cannot log",
+    );
+    assert_eq!(e.column, 7);
+    ok(&two(
+        "[[rules]]\nuser = 0\ncgroup = \"a.slice\"\npolicy = \"isp1\"\nlog = true\n\
+         [[rules]]\ndestination = [\"198.18.0.0/24\"]\npolicy = \"isp1\"\nlog = true\n",
+    ));
 }

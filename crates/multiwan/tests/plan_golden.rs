@@ -109,6 +109,11 @@ fn golden_cgroup_rules() {
 }
 
 #[test]
+fn golden_cgroup_rules_log_in_route_output() {
+    check_golden("cgroup_log", &LinkStates::new());
+}
+
+#[test]
 fn golden_destination_rules_share_a_verdict_map() {
     check_golden("destinations", &LinkStates::new());
 }

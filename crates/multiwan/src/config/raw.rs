@@ -129,7 +129,7 @@ pub struct RawRule {
     pub cgroup: Option<Spanned<String>>,
     pub policy: Option<Spanned<String>>,
     pub fallback: Option<Spanned<String>>,
-    pub log: Option<bool>,
+    pub log: Option<Spanned<bool>>,
 }
 
 /// A TOML integer, kept as written (range checks happen in validation).

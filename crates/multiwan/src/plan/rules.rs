@@ -217,7 +217,7 @@ impl<'c> DestinationGroup<'c> {
     fn lower(self, config: &Config, log_group: Option<u16>, out: &mut Vec<NftRule>) {
         match self.rules.as_slice() {
             [] => {}
-            [rule] => out.extend(rule_as_classify(config, rule, log_group)),
+            [rule] => out.extend(rule_as_nft(config, rule, log_group)),
             [first, .., last] => {
                 let comment = format!(
                     "{} rules, {} to {}",
@@ -299,7 +299,7 @@ pub(crate) fn classify_rules(config: &Config, log_group: Option<u16>) -> Vec<Nft
         }
         if !destination_only(rule) {
             std::mem::take(&mut group).lower(config, log_group, &mut out);
-            out.extend(rule_as_classify(config, rule, log_group));
+            out.extend(rule_as_nft(config, rule, log_group));
             continue;
         }
         let verdict = match target_verdict(config, rule) {
@@ -313,8 +313,9 @@ pub(crate) fn classify_rules(config: &Config, log_group: Option<u16>) -> Vec<Nft
     out
 }
 
-/// One rule's `classify` rules, one per family it needs.
-fn rule_as_classify(config: &Config, rule: &Rule, log_group: Option<u16>) -> Vec<NftRule> {
+/// One rule's nft rules (in `classify`, or in `route_output` for a cgroup rule), one
+/// per family it needs, each logging the connection first when the rule says `log`.
+fn rule_as_nft(config: &Config, rule: &Rule, log_group: Option<u16>) -> Vec<NftRule> {
     let verdict = target_verdict(config, rule);
     rule_families(rule)
         .into_iter()
@@ -342,23 +343,23 @@ pub(crate) fn output_rules(config: &Config) -> Vec<NftRule> {
     let Some(last) = config.rules.iter().rposition(|r| r.cgroup.is_some()) else {
         return Vec::new();
     };
+    let log_group = (config.settings.log_group != 0).then_some(config.settings.log_group);
     let mut out = Vec::new();
     for rule in &config.rules[..=last] {
-        let verdict = if rule.cgroup.is_some() && applies_locally(rule) {
-            target_verdict(config, rule)
+        if rule.cgroup.is_some() && applies_locally(rule) {
+            // Matched here, so logged here (validation refuses `log` where no nft rule
+            // would see the connection).
+            out.extend(rule_as_nft(config, rule, log_group));
         } else if local_ip_rule(rule) {
-            Verdict::Return
-        } else {
-            continue;
-        };
-        for family in rule_families(rule) {
-            out.push(
-                NftRule::new(
-                    rule_matches(rule, family),
-                    vec![Action::Verdict(verdict.clone())],
-                )
-                .with_comment(format!("rule {}", rule.name)),
-            );
+            for family in rule_families(rule) {
+                out.push(
+                    NftRule::new(
+                        rule_matches(rule, family),
+                        vec![Action::Verdict(Verdict::Return)],
+                    )
+                    .with_comment(format!("rule {}", rule.name)),
+                );
+            }
         }
     }
     out

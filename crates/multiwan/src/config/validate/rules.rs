@@ -187,6 +187,19 @@ impl<'t> Ctx<'_, 't> {
         let user = raw.user.as_ref().map(|v| self.user(v, &k("user")));
         let cgroup = raw.cgroup.as_ref().map(|v| self.cgroup(v, &k("cgroup")));
         self.local_only_with_iif(&raw, key);
+        if let (Some(log), Some(_), None) = (&raw.log, &raw.user, &raw.cgroup) {
+            if *log.get_ref() {
+                // Such a rule becomes ip rules only (nft sees neither it nor its
+                // connections), and an ip rule cannot log.
+                self.dep_error(
+                    log.span(),
+                    &k("log"),
+                    "a rule by user steers the router's own connections with ip rules, \
+                     which cannot log them; remove log (rules by cgroup, and rules for \
+                     forwarded traffic, can log)",
+                );
+            }
+        }
 
         let target = match &raw.policy {
             None => {
@@ -244,7 +257,7 @@ impl<'t> Ctx<'_, 't> {
             cgroup: cgroup.flatten(),
             target: target?,
             fallback: fallback?,
-            log: raw.log.unwrap_or(false),
+            log: raw.log.as_ref().is_some_and(|l| *l.get_ref()),
         })
     }
 
