@@ -1647,6 +1647,14 @@ fn combinations_that_could_never_work() {
     ));
     ok(&two("[links.isp2.check]\ntargets = [\"2001:db8::1\"]\n"));
 
+    // Round keys with method none, which sends no probes.
+    let errs = errors(&two(
+        "[links.isp2.check]\nmethod = \"none\"\ninterval = \"5s\"\nmax_loss = 10\n",
+    ));
+    assert_eq!(errs.len(), 2, "{}", ConfigErrors(errs.clone()));
+    has_error(&errs, "links.isp2.check.interval", 9, "no effect");
+    has_error(&errs, "links.isp2.check.max_loss", 10, "no effect");
+
     // A router-local-only rule while the router's own traffic is left alone.
     let text = format!(
         "[settings]\nlocal_traffic = false\n{TWO}\

@@ -61,6 +61,9 @@ impl<'t> Ctx<'_, 't> {
                 self.ipv6_targets_without_ipv6(t.get_ref());
             }
         }
+        if method == Some(Method::None) {
+            self.unused_without_probes(raw, key);
+        }
         let interval = match &raw.interval {
             None => Some(Duration::from_secs(1)),
             Some(d) => self.nonzero_duration(d, &k("interval")),
@@ -286,6 +289,33 @@ impl<'t> Ctx<'_, 't> {
             }
         }
         min_targets
+    }
+
+    /// Method none sends no probes, so the keys that shape rounds would do nothing:
+    /// refused like the targets are, as a likely mistake.
+    fn unused_without_probes(&mut self, raw: &RawCheck, key: &str) {
+        let spans = [
+            ("interval", raw.interval.as_ref().map(|v| v.span())),
+            ("timeout", raw.timeout.as_ref().map(|v| v.span())),
+            ("min_targets", raw.min_targets.as_ref().map(|v| v.span())),
+            ("down_after", raw.down_after.as_ref().map(|v| v.span())),
+            ("up_after", raw.up_after.as_ref().map(|v| v.span())),
+            ("max_loss", raw.max_loss.as_ref().map(|v| v.span())),
+            ("max_rtt", raw.max_rtt.as_ref().map(|v| v.span())),
+            ("window", raw.window.as_ref().map(|v| v.span())),
+        ];
+        for (name, span) in spans {
+            if let Some(span) = span {
+                self.dep_error(
+                    span,
+                    &format!("{key}.{name}"),
+                    format!(
+                        "method none sends no probes, so {name} has no effect; remove it (the \
+                         link is up while it has carrier and an address)"
+                    ),
+                );
+            }
+        }
     }
 
     /// A link with `gateway6 = "none"` has no IPv6 route out, so an IPv6 target could
