@@ -6,6 +6,7 @@
 mod apply;
 mod check;
 mod client;
+mod common;
 mod demo;
 mod plan;
 
@@ -102,7 +103,7 @@ enum Command {
         link: String,
         /// up | down | auto
         #[arg(value_enum)]
-        action: crate::control::LinkAction,
+        action: client::LinkActionArg,
         #[command(flatten)]
         at: SocketArgs,
     },
@@ -169,7 +170,7 @@ pub fn main() -> i32 {
         Command::Status { at, json } => client::status(&at.path(), json),
         Command::Events { at, json } => client::events(&at.path(), json),
         Command::Reload(at) => client::reload(&at.path()),
-        Command::Link { link, action, at } => client::link(&at.path(), &link, action),
+        Command::Link { link, action, at } => client::link(&at.path(), &link, action.into()),
         Command::Demo => demo::run(),
     };
     match result {

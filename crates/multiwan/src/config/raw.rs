@@ -76,6 +76,7 @@ pub struct RawCheck {
     pub targets: Option<Spanned<Vec<Spanned<String>>>>,
     pub port: Option<Spanned<Int>>,
     pub query: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
     pub interval: Option<Spanned<DurationStr>>,
     pub timeout: Option<Spanned<DurationStr>>,
     pub min_targets: Option<Spanned<Int>>,

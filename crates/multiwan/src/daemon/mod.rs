@@ -19,10 +19,11 @@ use futures::{FutureExt, StreamExt};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{broadcast, mpsc};
 
+use crate::api::{self, DaemonHandle, Event};
 use crate::config::{self, Config, OnExit};
+use crate::control;
 use crate::control::hooks::Hooks;
 use crate::control::metrics::Metrics;
-use crate::control::{self as control, Request};
 use crate::health::Transition;
 use crate::kernel::{Kernel, Ownership};
 use crate::plan::{self, Desired, Facts, LinkState, LinkStates, PlanInput};
@@ -33,17 +34,6 @@ use links::LinkRuntime;
 
 /// How often the daemon reads back everything it owns and repairs drift.
 const VERIFY_EVERY: Duration = Duration::from_secs(300);
-
-/// A state change as `multiwan events` shows it. `from` is `none` for a link that a
-/// reload added.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Event {
-    pub time: String,
-    pub link: String,
-    pub from: String,
-    pub to: String,
-    pub reason: String,
-}
 
 /// The running daemon.
 pub struct Daemon {
@@ -63,7 +53,7 @@ pub struct Daemon {
     /// Wall-clock and monotonic time at start, to print `since` as RFC 3339.
     epoch: (Instant, SystemTime),
     /// Where the control socket and the metrics listener send their requests.
-    requests: mpsc::Sender<Request>,
+    requests: DaemonHandle,
     metrics: Metrics,
     metrics_server: Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>,
     hooks: Hooks,
@@ -77,7 +67,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     crate::preflight::check_forwarding(&config)?;
     // Before anything is touched: a second daemon on the same instance stops here.
     let socket = control::server::bind(&config.settings.socket)?;
-    let (requests, mut requests_rx) = mpsc::channel(64);
+    let (requests, mut requests_rx) = api::channel(64);
     // Handled from here on (a SIGHUP during start would otherwise end the process);
     // served once the loop runs.
     let mut sigterm = signal(SignalKind::terminate())?;

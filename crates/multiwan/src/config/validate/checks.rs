@@ -15,6 +15,7 @@ enum Method {
     Icmp,
     Tcp,
     Http,
+    Https,
     Dns,
     Arp,
     None,
@@ -25,6 +26,7 @@ impl Method {
         ("icmp", Method::Icmp),
         ("tcp", Method::Tcp),
         ("http", Method::Http),
+        ("https", Method::Https),
         ("dns", Method::Dns),
         ("arp", Method::Arp),
         ("none", Method::None),
@@ -34,7 +36,7 @@ impl Method {
     fn needs_targets(self) -> bool {
         matches!(
             self,
-            Method::Icmp | Method::Tcp | Method::Http | Method::Dns
+            Method::Icmp | Method::Tcp | Method::Http | Method::Https | Method::Dns
         )
     }
 }
@@ -173,6 +175,18 @@ impl<'t> Ctx<'_, 't> {
             }
             (None, _) => None,
         };
+        let ca_file = match (&raw.ca_file, method) {
+            (Some(f), Method::Https) => self.absolute_path(f, &k("ca_file")).map(Some),
+            (Some(f), _) => {
+                self.dep_error(
+                    f.span(),
+                    &k("ca_file"),
+                    format!("ca_file is only used by method https, not {method_name}; remove it"),
+                );
+                None
+            }
+            (None, _) => Some(None),
+        };
         if method == Method::Arp && gateway == Some(Gateway::None) {
             self.dep_error(
                 raw.method.as_ref().map_or(v.span(), |m| m.span()),
@@ -206,7 +220,11 @@ impl<'t> Ctx<'_, 't> {
                 }
             }
             Method::Http => Probe::Http {
-                urls: self.urls(targets?)?,
+                urls: self.urls(targets?, false)?,
+            },
+            Method::Https => Probe::Https {
+                urls: self.urls(targets?, true)?,
+                ca_file: ca_file?,
             },
             Method::Arp => Probe::Arp,
             Method::None => Probe::None,
@@ -226,6 +244,7 @@ impl<'t> Ctx<'_, 't> {
             (None, true) => {
                 let example = match method {
                     Method::Http => "targets = [\"http://example.com/\"]",
+                    Method::Https => "targets = [\"https://example.com/\"]",
                     _ => "targets = [\"198.18.0.1\", \"198.18.0.2\"]",
                 };
                 self.dep_error(
@@ -378,7 +397,12 @@ impl<'t> Ctx<'_, 't> {
         (!failed).then_some(ok)
     }
 
-    pub(super) fn urls(&mut self, targets: &[Spanned<String>]) -> Option<Vec<String>> {
+    /// `http://` or `https://` URLs; `https_only` (method https): `https://` ones.
+    pub(super) fn urls(
+        &mut self,
+        targets: &[Spanned<String>],
+        https_only: bool,
+    ) -> Option<Vec<String>> {
         let mut ok: Vec<String> = Vec::new();
         let mut failed = false;
         for t in targets {
@@ -393,6 +417,13 @@ impl<'t> Ctx<'_, 't> {
                     t.span(),
                     &key,
                     format!("{url:?} is not an http:// or https:// URL; write e.g. \"http://example.com/\""),
+                );
+                failed = true;
+            } else if https_only && !url.starts_with("https://") {
+                self.error(
+                    t.span(),
+                    &key,
+                    format!("method https probes https:// URLs, not {url}; use method http for it"),
                 );
                 failed = true;
             } else if ok.contains(url) {
