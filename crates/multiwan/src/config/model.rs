@@ -78,6 +78,9 @@ pub struct Link {
     /// 1..=256.
     pub weight: u32,
     pub masquerade: bool,
+    /// SNAT IPv4 to this address instead of masquerading to the interface's primary
+    /// one (an HA pair's shared address, SPEC §6); only with `masquerade`.
+    pub snat_to: Option<Ipv4Addr>,
     pub masquerade6: bool,
     pub npt6: Option<Npt6>,
     pub mss_clamp: bool,
