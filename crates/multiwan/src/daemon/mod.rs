@@ -331,11 +331,11 @@ impl Daemon {
         if let Err(e) = self.reconcile("link state changed").await {
             eprintln!("multiwan: {e:#}");
         }
-        self.after_apply(&transitions);
+        self.after_apply(&transitions).await;
     }
 
     /// What transitions ask for once the plan is applied: conntrack flushes, hooks.
-    fn after_apply(&mut self, transitions: &[Transition]) {
+    async fn after_apply(&mut self, transitions: &[Transition]) {
         let mask = self.config.settings.mark_mask;
         for t in transitions {
             let Some(rt) = self.links.get(&t.link) else {
@@ -349,7 +349,7 @@ impl Daemon {
                     LinkState::Up | LinkState::Degraded | LinkState::Disabled
                 );
             if went_down && rt.link.flush_on_down {
-                self.flush_connections(&t.link, rt.mark, mask);
+                self.flush_connections(&t.link, rt.mark, mask).await;
             }
             if t.to == LinkState::Up {
                 // A better link is back: metered backups move their connections.
@@ -361,15 +361,15 @@ impl Daemon {
                     .map(|o| (o.link.name.clone(), o.mark))
                     .collect();
                 for (name, mark) in movers {
-                    self.flush_connections(&name, mark, mask);
+                    self.flush_connections(&name, mark, mask).await;
                 }
             }
         }
         self.transition_hooks(transitions);
     }
 
-    fn flush_connections(&self, link: &str, mark: u32, mask: u32) {
-        match self.kernel.delete_conntrack_by_mark(mark, mask) {
+    async fn flush_connections(&self, link: &str, mark: u32, mask: u32) {
+        match self.kernel.delete_conntrack_by_mark(mark, mask).await {
             Ok(n) => eprintln!("multiwan: link {link}: deleted {n} conntrack entries"),
             Err(e) => eprintln!("multiwan: link {link}: deleting conntrack entries failed: {e:#}"),
         }
@@ -420,7 +420,7 @@ impl Daemon {
     pub fn status(&self) -> Status {
         let counters = self
             .kernel
-            .read_counters(&self.config.settings.nft_table)
+            .read_counters_blocking(&self.config.settings.nft_table)
             .unwrap_or_default();
         let desired = self.installed.as_ref();
         let links = self

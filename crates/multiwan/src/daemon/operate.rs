@@ -160,7 +160,7 @@ impl Daemon {
                  kernel state stays in force and is retried on the next change"
             )));
         }
-        self.after_reload(&reloaded);
+        self.after_reload(&reloaded).await;
         Ok(format!(
             "reloaded {}: {}",
             self.config.path.display(),
@@ -258,12 +258,12 @@ impl Daemon {
     }
 
     /// Once the reloaded plan is installed: conntrack flushes and hooks.
-    fn after_reload(&mut self, r: &Reloaded) {
+    async fn after_reload(&mut self, r: &Reloaded) {
         let mask = self.config.settings.mark_mask;
         for (link, mark, state, _) in &r.gone {
             // Removed: the mark no longer routes. Re-created: the connections were
             // set up (source address, NAT) for the old interface or mark.
-            self.flush_connections(&link.name, *mark, mask);
+            self.flush_connections(&link.name, *mark, mask).await;
             if !r.fresh.contains(&link.name) {
                 let ev = self.hook_event(link, LinkState::Disabled.as_str(), state.as_str());
                 self.queue_hook(ev);
@@ -274,7 +274,7 @@ impl Daemon {
             let ev = self.hook_event(&rt.link, rt.health.state().as_str(), "none");
             self.queue_hook(ev);
         }
-        self.after_apply(&r.transitions);
+        self.after_apply(&r.transitions).await;
         self.write_status();
     }
 
