@@ -32,8 +32,11 @@ pub fn run(config_path: &Path) -> CliResult {
             all
         });
         for ir in found.unwrap_or_default() {
+            // multiwan's own rules (tagged, in its range) are the only ones not warned
+            // about: a foreign rule inside the range is still foreign (SPEC §3).
+            let ours = ir.tagged();
             let Some(rule) = ir.rule else { continue };
-            if (own.0..=own.1).contains(&rule.priority) {
+            if ours && (own.0..=own.1).contains(&rule.priority) {
                 continue;
             }
             if let Some((mark, m)) = rule.selector.fwmark {
