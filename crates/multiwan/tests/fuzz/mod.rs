@@ -584,6 +584,14 @@ fn check_errors(text: &str, errors: &ConfigErrors) -> Result<(), TestCaseError> 
             e.file == Path::new(FILE) && e.line >= 1 && e.line <= lines && e.column >= 1,
             "error without a position in the text ({lines} lines): {shown}"
         );
+        // The column lies on the line (or just past its end: a value missing at the end).
+        if let Some(line) = text.lines().nth(e.line - 1) {
+            let width = line.chars().count() + 1;
+            prop_assert!(
+                e.column <= width,
+                "column past the end of line {line:?}: {shown}"
+            );
+        }
         prop_assert!(
             shown.starts_with(&format!("{FILE}:{}:{}: ", e.line, e.column)),
             "{shown}"
