@@ -1,6 +1,7 @@
 //! Crash tests (issue 14, acceptance 4, first half): `kill -9` of `multiwan run` at
-//! random points while it applies (a link losing or regaining carrier) and while it
-//! reloads a changed config, many times over. After each restart the daemon converges
+//! random points while it applies (a link losing or regaining carrier, or its start
+//! rewriting a deleted nft table for a changed config) and while it reloads a changed
+//! config, many times over. After each restart the daemon converges
 //! to the planned state: its rules, routes and nft table are exactly those of a clean
 //! `multiwan apply` of the config on disk (nothing leaked, nothing missing), its state
 //! directory holds only its own files, and no conntrack entry of the healthy link is
@@ -13,7 +14,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{multiwan_bin, Harness};
@@ -231,11 +232,13 @@ fn serial_kill_9_during_applies_and_reloads_converges_to_the_plan() {
     );
     let started = Instant::now();
     let mut with_b = false;
+    // Restarts that found the kernel not as planned (killed before or during an apply).
+    let mut repaired = 0;
     for round in 0..rounds {
         let before = isp1_entries(&h);
         assert!(!before.is_empty() || healthy.is_empty(), "round {round}");
         let delay = Duration::from_millis(rng.below(120));
-        let what = match rng.below(3) {
+        let what = match rng.below(4) {
             // A link state change: the daemon applies (and flushes isp2's entries).
             0 => {
                 h.lab.carrier(2, false).unwrap();
@@ -251,6 +254,27 @@ fn serial_kill_9_during_applies_and_reloads_converges_to_the_plan() {
                 std::thread::sleep(delay);
                 kill(daemon);
                 "carrier back"
+            }
+            // The start's full apply: a changed config, and the nft table deleted
+            // behind its back (a firewall reload), so the start rewrites it.
+            2 => {
+                kill(daemon);
+                with_b = !with_b;
+                h.write_config(settings, &config(if with_b { RULE_B } else { "" }));
+                h.router_sh(&format!("nft delete table inet {}", h.nft_table));
+                let starting = h
+                    .router()
+                    .spawn(
+                        Command::new(multiwan_bin())
+                            .args(["run", "-c"])
+                            .arg(&h.config_path)
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null()),
+                    )
+                    .unwrap();
+                std::thread::sleep(delay);
+                kill(starting);
+                "start apply"
             }
             // A reload of a changed config.
             _ => {
@@ -287,6 +311,9 @@ fn serial_kill_9_during_applies_and_reloads_converges_to_the_plan() {
             line_diff(want, &got),
             h.daemon_log()
         );
+        if h.daemon_log().contains("start: applied") {
+            repaired += 1;
+        }
         assert_state_files(&h);
         let after = isp1_entries(&h);
         let lost: Vec<_> = before.difference(&after).collect();
@@ -305,6 +332,9 @@ fn serial_kill_9_during_applies_and_reloads_converges_to_the_plan() {
             "round {round} ({what}): a connection of the healthy link broke"
         );
     }
-    eprintln!("crash test: {rounds} rounds in {:?}", started.elapsed());
+    eprintln!(
+        "crash test: {rounds} rounds in {:?}; {repaired} restarts repaired a half-done change",
+        started.elapsed()
+    );
     kill(daemon);
 }
