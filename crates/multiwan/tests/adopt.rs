@@ -146,3 +146,31 @@ fn serial_saved_states_are_adopted_only_while_the_kernel_holds_them() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(h.link_state("isp1"), "up", "{}", h.daemon_log());
 }
+
+/// The same instance (nft table name, state directory) started in new namespaces, as
+/// after a reboot: the kernel there holds nothing of it, so the primary that was saved
+/// `down` starts `up`.
+#[test]
+fn serial_new_namespaces_with_the_same_state_directory_are_a_fresh_start() {
+    let old = Harness::new("adoptold");
+    old.write_config("lan = [\"lan0\"]", LINKS);
+    let daemon = old.start_daemon();
+    blackhole_isp1(&old);
+    old.wait_until("isp1 down", Duration::from_secs(10), || {
+        old.link_state("isp1") == "down" && saved_isp1(&old) == "down"
+    });
+    stop(daemon);
+
+    let mut new = Harness::new("adoptnew");
+    // The same instance: its files (state directory, log, socket) are the old ones.
+    new.nft_table = old.nft_table.clone();
+    new.write_config("lan = [\"lan0\"]", LINKS);
+    let _daemon = new.start_daemon();
+    assert_eq!(new.link_state("isp1"), "up", "{}", new.daemon_log());
+    assert!(
+        new.daemon_log().contains("nft table is not in the kernel"),
+        "{}",
+        new.daemon_log()
+    );
+    assert!(new.router_sh("ip -N rule show").contains("lookup 101"));
+}
