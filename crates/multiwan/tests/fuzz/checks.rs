@@ -106,12 +106,19 @@ pub fn check_text(text: &str, t: &mut Tape) -> Result<Option<NftTable>, TestCase
     };
     let facts = facts_for(&config, t);
     let states = states_for(&config, t);
-    let desired = plan::plan(&PlanInput {
+    let input = PlanInput {
         config: &config,
         states: &states,
         facts: &facts,
         seed: t.next(),
-    });
+    };
+    let desired = plan::plan(&input);
+    // Deterministic: a restart or a periodic check that plans again from the same
+    // input must find nothing to change.
+    prop_assert!(
+        plan::plan(&input) == desired,
+        "two plans of one input differ"
+    );
     let script = render::plan_script(&config, &desired);
     prop_assert!(script.contains("table inet"), "{script}");
     // As apply loads it: rules naming a cgroup that does not exist are left out.
