@@ -30,13 +30,15 @@ pub(super) async fn link_states(kernel: &Kernel, config: &Config, dir: &StateDir
 }
 
 /// Two cheap reads that together say the kernel still holds what this instance
-/// installed: its nft table with the digest only multiwan writes, and the two ip rules
-/// that depend on the config alone (not on addresses, which may have changed while
-/// the daemon was stopped). A failed read counts as "not there": a fresh start is the
-/// safe side.
+/// installed: its nft table with the digest only multiwan writes, and the two tagged
+/// IPv4 rules that depend on the config alone (not on addresses, which may have
+/// changed while the daemon was stopped). A failed read counts as "not there": a
+/// fresh start is the safe side.
 async fn kernel_holds(kernel: &Kernel, config: &Config) -> KernelHolds {
     let s = &config.settings;
-    let nft_table = Existing::read(&s.nft_table).is_ok_and(|e| e.table && e.digest.is_some());
+    let nft_table = Existing::read(&s.nft_table)
+        .await
+        .is_ok_and(|e| e.table && e.digest.is_some());
     let p0 = s.rule_priority;
     let marks = MarkLayout::new(s.mark_mask);
     let wanted = [
@@ -61,10 +63,14 @@ async fn kernel_holds(kernel: &Kernel, config: &Config) -> KernelHolds {
         selector,
         table: MAIN_TABLE,
     });
-    let rules = match rules::read(kernel.handle(), (p0, p0 + priority::MAIN_MARK)).await {
-        Ok(found) => wanted
-            .iter()
-            .all(|w| found.iter().any(|f| f.rule.as_ref() == Some(w))),
+    let range = (p0, p0 + priority::MAIN_MARK);
+    let rules = match rules::read_families(kernel.handle(), range, &[Family::V4]).await {
+        // Ours: tagged with multiwan's protocol number, as apply installs them.
+        Ok(found) => wanted.iter().all(|w| {
+            found
+                .iter()
+                .any(|f| f.tagged() && f.rule.as_ref() == Some(w))
+        }),
         Err(_) => false,
     };
     KernelHolds { nft_table, rules }

@@ -12,7 +12,7 @@ use crate::config::{Gateway, Link, Settings};
 use crate::health::{InterfaceStatus, LinkHealth, Round, Transition};
 use crate::plan::marks::MarkLayout;
 use crate::plan::{Facts, LinkState};
-use crate::probe::{self, ProbeEndpoint, RoundReport};
+use crate::probe::{self, ProbeEndpoint, ProbeOutcome, RoundReport};
 
 pub(super) struct LinkRuntime {
     pub link: Link,
@@ -182,6 +182,10 @@ fn to_round(report: &RoundReport) -> Round {
         rtts,
         good: report.good,
         per_target,
+        failure: report.outcomes.iter().find_map(|(_, o)| match o {
+            ProbeOutcome::Failed(why) => Some(why.clone()),
+            _ => None,
+        }),
     }
 }
 

@@ -20,10 +20,11 @@ use futures::{FutureExt, StreamExt};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{broadcast, mpsc};
 
+use crate::api::{self, DaemonHandle, Event};
 use crate::config::{self, Config, OnExit};
+use crate::control;
 use crate::control::hooks::Hooks;
 use crate::control::metrics::Metrics;
-use crate::control::{self as control, Request};
 use crate::health::Transition;
 use crate::kernel::{Kernel, Ownership};
 use crate::plan::{self, Desired, Facts, LinkState, LinkStates, PlanInput};
@@ -34,17 +35,6 @@ use links::LinkRuntime;
 
 /// How often the daemon reads back everything it owns and repairs drift.
 const VERIFY_EVERY: Duration = Duration::from_secs(300);
-
-/// A state change as `multiwan events` shows it. `from` is `none` for a link that a
-/// reload added.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Event {
-    pub time: String,
-    pub link: String,
-    pub from: String,
-    pub to: String,
-    pub reason: String,
-}
 
 /// The running daemon.
 pub struct Daemon {
@@ -64,7 +54,7 @@ pub struct Daemon {
     /// Wall-clock and monotonic time at start, to print `since` as RFC 3339.
     epoch: (Instant, SystemTime),
     /// Where the control socket and the metrics listener send their requests.
-    requests: mpsc::Sender<Request>,
+    requests: DaemonHandle,
     metrics: Metrics,
     metrics_server: Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>,
     hooks: Hooks,
@@ -78,7 +68,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     crate::preflight::check_forwarding(&config)?;
     // Before anything is touched: a second daemon on the same instance stops here.
     let socket = control::server::bind(&config.settings.socket)?;
-    let (requests, mut requests_rx) = mpsc::channel(64);
+    let (requests, mut requests_rx) = api::channel(64);
     // Handled from here on (a SIGHUP during start would otherwise end the process);
     // served once the loop runs.
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -342,11 +332,11 @@ impl Daemon {
         if let Err(e) = self.reconcile("link state changed").await {
             eprintln!("multiwan: {e:#}");
         }
-        self.after_apply(&transitions);
+        self.after_apply(&transitions).await;
     }
 
     /// What transitions ask for once the plan is applied: conntrack flushes, hooks.
-    fn after_apply(&mut self, transitions: &[Transition]) {
+    async fn after_apply(&mut self, transitions: &[Transition]) {
         let mask = self.config.settings.mark_mask;
         for t in transitions {
             let Some(rt) = self.links.get(&t.link) else {
@@ -360,7 +350,7 @@ impl Daemon {
                     LinkState::Up | LinkState::Degraded | LinkState::Disabled
                 );
             if went_down && rt.link.flush_on_down {
-                self.flush_connections(&t.link, rt.mark, mask);
+                self.flush_connections(&t.link, rt.mark, mask).await;
             }
             if t.to == LinkState::Up {
                 // A better link is back: metered backups move their connections.
@@ -372,15 +362,15 @@ impl Daemon {
                     .map(|o| (o.link.name.clone(), o.mark))
                     .collect();
                 for (name, mark) in movers {
-                    self.flush_connections(&name, mark, mask);
+                    self.flush_connections(&name, mark, mask).await;
                 }
             }
         }
         self.transition_hooks(transitions);
     }
 
-    fn flush_connections(&self, link: &str, mark: u32, mask: u32) {
-        match self.kernel.delete_conntrack_by_mark(mark, mask) {
+    async fn flush_connections(&self, link: &str, mark: u32, mask: u32) {
+        match self.kernel.delete_conntrack_by_mark(mark, mask).await {
             Ok(n) => eprintln!("multiwan: link {link}: deleted {n} conntrack entries"),
             Err(e) => eprintln!("multiwan: link {link}: deleting conntrack entries failed: {e:#}"),
         }
@@ -431,7 +421,7 @@ impl Daemon {
     pub fn status(&self) -> Status {
         let counters = self
             .kernel
-            .read_counters(&self.config.settings.nft_table)
+            .read_counters_blocking(&self.config.settings.nft_table)
             .unwrap_or_default();
         let desired = self.installed.as_ref();
         let links = self
