@@ -6,6 +6,7 @@
 //! if any link state or observed fact changed, plan and apply the difference, then
 //! act on what the transitions ask for (conntrack flushes, hooks, events).
 
+mod adopt;
 mod links;
 pub mod notify;
 mod operate;
@@ -109,7 +110,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
         hooks: Hooks::default(),
         status_written: Default::default(),
     };
-    daemon.start_links();
+    daemon.start_links().await;
     daemon.reconcile("start").await?;
     daemon.persist();
     daemon.initial_hooks();
@@ -184,8 +185,8 @@ async fn tick_opt(interval: &mut Option<tokio::time::Interval>) {
 
 impl Daemon {
     /// Creates the per-link runtime (health machine and prober) of every enabled link.
-    fn start_links(&mut self) {
-        let adopted = self.state_dir.link_states();
+    async fn start_links(&mut self) {
+        let adopted = adopt::link_states(&self.kernel, &self.config, &self.state_dir).await;
         let now = Instant::now();
         for link in self.config.links.iter().filter(|l| l.enabled) {
             let initial = adopted

@@ -393,10 +393,14 @@ fn bypass_sets(input: &PlanInput) -> Vec<NftSet> {
 }
 
 /// Each link's interface → its mark chain: a connection is the link's by where it
-/// arrived (prerouting) or where it leaves (postrouting).
+/// arrived (prerouting) or where it leaves (postrouting). Links sharing an interface
+/// (two gateways on one segment) cannot be told apart by it: the first of them takes
+/// the interface, since nft refuses a map with one key twice.
 fn by_interface(links: &[Resolved]) -> Vec<(String, Verdict)> {
+    let mut seen = std::collections::BTreeSet::new();
     links
         .iter()
+        .filter(|r| seen.insert(r.link.interface.as_str()))
         .map(|r| {
             (
                 r.link.interface.clone(),
