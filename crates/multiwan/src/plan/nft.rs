@@ -244,4 +244,9 @@ pub enum Verdict {
     Goto(String),
     /// `reject with icmpx type host-unreachable` (both families).
     RejectHostUnreachable,
+    /// `reject with icmpv6 type admin-prohibited`, IPv6 only (after `meta nfproto
+    /// ipv6`): Linux TCP treats ICMPv6 "no route" (0) and "address unreachable" (3,
+    /// what icmpx host-unreachable sends) as soft errors and retries the connect for
+    /// about a second; "administratively prohibited" (1) ends it at once (EACCES).
+    RejectIpv6AdminProhibited,
 }

@@ -523,6 +523,13 @@ fn policy_rules(
     };
     let chosen = match selected {
         Ok(chosen) => chosen,
+        // IPv6 alone: a refusal that ends a TCP connect at once (see the verdict).
+        Err(Fallback::Unreachable | Fallback::All) if family == Some(IpVersion::V6) => {
+            return vec![NftRule::new(
+                only(vec![]),
+                vec![Action::Verdict(Verdict::RejectIpv6AdminProhibited)],
+            )]
+        }
         Err(fallback) => return vec![NftRule::new(only(vec![]), vec![fallback_action(fallback)])],
     };
     if chosen.len() == 1 {

@@ -41,7 +41,12 @@ pub fn validate(table: &NftTable) -> Result<()> {
                     }
                     _ => vec![],
                 };
-                if in_map.contains(&&Verdict::RejectHostUnreachable) {
+                if in_map.iter().any(|v| {
+                    matches!(
+                        v,
+                        Verdict::RejectHostUnreachable | Verdict::RejectIpv6AdminProhibited
+                    )
+                }) {
                     return Err(invalid(format!(
                         "chain `{}`: reject inside a verdict map",
                         c.name

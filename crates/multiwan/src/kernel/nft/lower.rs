@@ -335,7 +335,7 @@ pub(super) fn verdict_expr(v: &Verdict) -> Expression<'static> {
         Verdict::Return => expr::Verdict::Return,
         Verdict::Jump(c) => expr::Verdict::Jump(target(c)),
         Verdict::Goto(c) => expr::Verdict::Goto(target(c)),
-        Verdict::RejectHostUnreachable => {
+        Verdict::RejectHostUnreachable | Verdict::RejectIpv6AdminProhibited => {
             expr::Verdict::Jump(target("reject-is-not-allowed-in-a-verdict-map"))
         }
     })
@@ -351,6 +351,10 @@ pub(super) fn verdict_stmt(v: &Verdict) -> Statement<'static> {
         Verdict::RejectHostUnreachable => Statement::Reject(Some(Reject::new(
             Some(RejectType::ICMPX),
             Some(RejectCode::HostUnreach),
+        ))),
+        Verdict::RejectIpv6AdminProhibited => Statement::Reject(Some(Reject::new(
+            Some(RejectType::ICMPv6),
+            Some(RejectCode::AdminProhibited),
         ))),
     }
 }

@@ -184,6 +184,7 @@ pub(crate) fn verdict(v: &Verdict) -> String {
         Verdict::Jump(c) => format!("jump {c}"),
         Verdict::Goto(c) => format!("goto {c}"),
         Verdict::RejectHostUnreachable => "reject with icmpx type host-unreachable".into(),
+        Verdict::RejectIpv6AdminProhibited => "reject with icmpv6 type admin-prohibited".into(),
     }
 }
 
