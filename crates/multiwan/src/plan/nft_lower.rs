@@ -334,18 +334,45 @@ fn forward(links: &[Resolved]) -> NftChain {
     }
 }
 
-/// `nat_postrouting`: masquerade per link and family.
+/// `nat_postrouting`: per link and family, masquerade (or SNAT to `snat_to`), and
+/// NAT66 (`masquerade6`) or NPTv6 (`npt6`: the inside prefix replaced by the outside
+/// one, interface ids kept; only the inside prefix is translated, so LAN hosts
+/// numbered from the link's own delegated prefix pass untouched).
 fn nat_postrouting(links: &[Resolved]) -> NftChain {
     let mut nat = Vec::new();
     for r in links {
         let ifname = &r.link.interface;
         if r.link.masquerade {
+            let action = match r.link.snat_to {
+                Some(addr) => Action::Snat {
+                    version: IpVersion::V4,
+                    addr: addr.into(),
+                },
+                None => Action::Masquerade,
+            };
             nat.push(NftRule::new(
                 vec![
                     Match::Oifname(ifname.clone()),
                     Match::Nfproto(IpVersion::V4),
                 ],
-                vec![Action::Masquerade],
+                vec![action],
+            ));
+        }
+        // `outside = "auto"` is refused by `check` until the delegated prefix is followed.
+        if let Some(crate::config::Npt6 {
+            inside,
+            outside: Some(outside),
+        }) = &r.link.npt6
+        {
+            nat.push(NftRule::new(
+                vec![
+                    Match::Oifname(ifname.clone()),
+                    Match::Saddr {
+                        version: IpVersion::V6,
+                        nets: vec![inside.to_string()],
+                    },
+                ],
+                vec![Action::SnatPrefix { to: *outside }],
             ));
         }
         if r.link.masquerade6 {
@@ -496,6 +523,13 @@ fn policy_rules(
     };
     let chosen = match selected {
         Ok(chosen) => chosen,
+        // IPv6 alone: a refusal that ends a TCP connect at once (see the verdict).
+        Err(Fallback::Unreachable | Fallback::All) if family == Some(IpVersion::V6) => {
+            return vec![NftRule::new(
+                only(vec![]),
+                vec![Action::Verdict(Verdict::RejectIpv6AdminProhibited)],
+            )]
+        }
         Err(fallback) => return vec![NftRule::new(only(vec![]), vec![fallback_action(fallback)])],
     };
     if chosen.len() == 1 {

@@ -41,7 +41,12 @@ pub fn validate(table: &NftTable) -> Result<()> {
                     }
                     _ => vec![],
                 };
-                if in_map.contains(&&Verdict::RejectHostUnreachable) {
+                if in_map.iter().any(|v| {
+                    matches!(
+                        v,
+                        Verdict::RejectHostUnreachable | Verdict::RejectIpv6AdminProhibited
+                    )
+                }) {
                     return Err(invalid(format!(
                         "chain `{}`: reject inside a verdict map",
                         c.name
@@ -83,13 +88,18 @@ impl NftBatch {
     }
 }
 
-/// Whether `table` uses an expression the JSON path cannot carry (see [`NftBatch`]).
+/// Whether `table` uses an expression the JSON path cannot carry (see [`NftBatch`]):
+/// cgroup matches, and NPTv6 (`snat ip6 prefix to`, whose `type_flags` the `nftables`
+/// crate cannot express).
 pub fn needs_text(table: &NftTable) -> bool {
     table.chains.iter().any(|c| {
         c.rules.iter().any(|r| {
             r.matches
                 .iter()
                 .any(|m| matches!(m, Match::SocketCgroupv2 { .. }))
+                || r.actions
+                    .iter()
+                    .any(|a| matches!(a, Action::SnatPrefix { .. }))
         })
     })
 }
