@@ -48,7 +48,15 @@ pub struct Metrics {
     apply_buckets: [u64; APPLY_BUCKETS.len()],
     apply_count: u64,
     apply_sum: f64,
+    /// what → repairs (see [`REPAIR_KINDS`]).
+    repairs: BTreeMap<&'static str, u64>,
 }
+
+/// The `what` of `multiwan_repairs_total`, each shown from the start (at 0): `nft`,
+/// `rules`, `routes`: a read-back apply put right what someone else changed;
+/// `overflow`: kernel events were lost and everything was read again;
+/// `apply_failed`: an apply failed (and was retried with a full read-back).
+pub const REPAIR_KINDS: [&str; 5] = ["nft", "rules", "routes", "overflow", "apply_failed"];
 
 impl Metrics {
     pub fn transition(&mut self, link: &str, to: LinkState) {
@@ -72,6 +80,33 @@ impl Metrics {
         }
         self.apply_count += 1;
         self.apply_sum += s;
+    }
+
+    /// One repair of `what` (one of [`REPAIR_KINDS`]).
+    pub fn repair(&mut self, what: &str) {
+        if let Some(kind) = REPAIR_KINDS.iter().find(|k| **k == what) {
+            *self.repairs.entry(kind).or_default() += 1;
+        }
+    }
+
+    fn render_repairs(&self, out: &mut String) {
+        family(
+            out,
+            "multiwan_repairs_total",
+            "counter",
+            "Repairs by the daemon: nft, rules, routes (put right after someone else \
+             changed them), overflow (kernel events lost, all read again), apply_failed \
+             (an apply failed and was retried with a full read-back).",
+        );
+        for kind in REPAIR_KINDS {
+            let n = self.repairs.get(kind).copied().unwrap_or(0);
+            sample(
+                out,
+                "multiwan_repairs_total",
+                &[("what", kind)],
+                &n.to_string(),
+            );
+        }
     }
 
     /// A link removed from the config: its series go away.
@@ -237,6 +272,7 @@ impl Metrics {
             &[],
             &self.apply_count.to_string(),
         );
+        self.render_repairs(&mut out);
         out
     }
 }
@@ -330,9 +366,11 @@ mod tests {
             late: false,
         });
         m.apply_took(Duration::from_millis(3));
+        m.repair("nft");
         let status = Status {
             links: vec![link("isp1", "down"), link("is\"p2", "up")],
             policies: vec![],
+            daemon: None,
         };
         let text = m.render(&status);
         for name in [
@@ -343,6 +381,7 @@ mod tests {
             "multiwan_link_transitions_total",
             "multiwan_probes_total",
             "multiwan_link_new_connections_total",
+            "multiwan_repairs_total",
             "multiwan_apply_seconds",
         ] {
             assert!(text.contains(&format!("# HELP {name} ")), "{name}\n{text}");
@@ -364,6 +403,8 @@ mod tests {
         assert!(text.contains("multiwan_apply_seconds_bucket{le=\"0.005\"} 1\n"));
         assert!(text.contains("multiwan_apply_seconds_bucket{le=\"+Inf\"} 1\n"));
         assert!(text.contains("multiwan_apply_seconds_count 1\n"));
+        assert!(text.contains("multiwan_repairs_total{what=\"nft\"} 1\n"));
+        assert!(text.contains("multiwan_repairs_total{what=\"apply_failed\"} 0\n"));
         m.forget("isp1");
         assert!(!m.render(&Status::default()).contains("isp1"));
     }

@@ -56,9 +56,8 @@ impl Daemon {
     /// Serves one request from the control socket or the metrics listener.
     pub(super) async fn on_request(&mut self, request: Request) {
         match request {
-            Request::Status(reply) => {
-                let _ = reply.send(self.status());
-            }
+            // Answered in their own task once fresh counters are read (never on the loop).
+            Request::Status(reply) => self.reply_status(reply),
             Request::Subscribe(reply) => {
                 let _ = reply.send(self.events.subscribe());
             }
@@ -74,9 +73,7 @@ impl Daemon {
                 let r = self.set_override(&link, action).await;
                 let _ = reply.send(r);
             }
-            Request::Metrics(reply) => {
-                let _ = reply.send(self.metrics.render(&self.status()));
-            }
+            Request::Metrics(reply) => self.reply_metrics(reply),
         }
     }
 

@@ -12,6 +12,7 @@
 
 pub mod conntrack;
 mod error;
+pub mod events;
 pub mod facts;
 pub mod nft;
 pub mod routes;
