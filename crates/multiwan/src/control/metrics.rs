@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::plan::LinkState;
 use crate::probe::{ProbeOutcome, RoundReport};
-use crate::status::Status;
+use crate::status::{LinkStatus, Status};
 
 /// Upper bounds of the `multiwan_apply_seconds` buckets: a state change applies in a
 /// few milliseconds; a full apply (start, reload) reads the kernel back and takes tens.
@@ -119,77 +119,16 @@ impl Metrics {
     pub fn render(&self, status: &Status) -> String {
         let mut out = String::new();
         let links = &status.links;
+        link_gauges(&mut out, links);
+        self.render_counters(&mut out, links);
+        self.render_apply(&mut out);
+        self.render_repairs(&mut out);
+        out
+    }
 
+    fn render_counters(&self, out: &mut String, links: &[LinkStatus]) {
         family(
-            &mut out,
-            "multiwan_link_up",
-            "gauge",
-            "1 while the link is in service (state up), else 0.",
-        );
-        for l in links {
-            let up = u8::from(l.state == "up");
-            sample(
-                &mut out,
-                "multiwan_link_up",
-                &[("link", &l.name)],
-                &up.to_string(),
-            );
-        }
-
-        family(
-            &mut out,
-            "multiwan_link_state",
-            "gauge",
-            "The link's state: 1 for the state it is in, 0 for the others.",
-        );
-        for l in links {
-            for s in STATES {
-                let v = u8::from(l.state == s.as_str());
-                sample(
-                    &mut out,
-                    "multiwan_link_state",
-                    &[("link", &l.name), ("state", s.as_str())],
-                    &v.to_string(),
-                );
-            }
-        }
-
-        family(
-            &mut out,
-            "multiwan_link_rtt_seconds",
-            "gauge",
-            "Mean round-trip time of the answered health-check probes over the check window.",
-        );
-        for l in links {
-            if let Some(ms) = l.rtt_ms {
-                sample(
-                    &mut out,
-                    "multiwan_link_rtt_seconds",
-                    &[("link", &l.name)],
-                    &float(ms / 1e3),
-                );
-            }
-        }
-
-        family(
-            &mut out,
-            "multiwan_link_loss_ratio",
-            "gauge",
-            "Lost health-check probes / sent probes over the check window (0 to 1).",
-        );
-        for l in links {
-            if let Some(pct) = l.loss_pct {
-                sample(
-                    &mut out,
-                    "multiwan_link_loss_ratio",
-                    &[("link", &l.name)],
-                    &float(pct / 100.0),
-                );
-            }
-        }
-
-        family(
-            &mut out,
+            out,
             "multiwan_link_transitions_total",
             "counter",
             "State changes of the link since the daemon started, by the state entered.",
@@ -201,7 +140,7 @@ impl Metrics {
         transitions.extend(self.transitions.iter().map(|(k, v)| (k.clone(), *v)));
         for ((link, to), n) in &transitions {
             sample(
-                &mut out,
+                out,
                 "multiwan_link_transitions_total",
                 &[("link", link), ("to", to.as_str())],
                 &n.to_string(),
@@ -209,7 +148,7 @@ impl Metrics {
         }
 
         family(
-            &mut out,
+            out,
             "multiwan_probes_total",
             "counter",
             "Health-check probes since the daemon started, by link, target and result \
@@ -217,7 +156,7 @@ impl Metrics {
         );
         for ((link, target, result), n) in &self.probes {
             sample(
-                &mut out,
+                out,
                 "multiwan_probes_total",
                 &[("link", link), ("target", target), ("result", result)],
                 &n.to_string(),
@@ -225,7 +164,7 @@ impl Metrics {
         }
 
         family(
-            &mut out,
+            out,
             "multiwan_link_new_connections_total",
             "counter",
             "New connections given to the link (the nft counter new_<link>; reset when the \
@@ -233,47 +172,118 @@ impl Metrics {
         );
         for l in links {
             sample(
-                &mut out,
+                out,
                 "multiwan_link_new_connections_total",
                 &[("link", &l.name)],
                 &l.new_connections.to_string(),
             );
         }
+    }
 
+    fn render_apply(&self, out: &mut String) {
         family(
-            &mut out,
+            out,
             "multiwan_apply_seconds",
             "histogram",
             "Time to apply a plan to the kernel (rules, routes, nft batch).",
         );
         for (le, n) in APPLY_BUCKETS.iter().zip(self.apply_buckets) {
             sample(
-                &mut out,
+                out,
                 "multiwan_apply_seconds_bucket",
                 &[("le", &float(*le))],
                 &n.to_string(),
             );
         }
         sample(
-            &mut out,
+            out,
             "multiwan_apply_seconds_bucket",
             &[("le", "+Inf")],
             &self.apply_count.to_string(),
         );
         sample(
-            &mut out,
+            out,
             "multiwan_apply_seconds_sum",
             &[],
             &float(self.apply_sum),
         );
         sample(
-            &mut out,
+            out,
             "multiwan_apply_seconds_count",
             &[],
             &self.apply_count.to_string(),
         );
-        self.render_repairs(&mut out);
-        out
+    }
+}
+
+/// Link up, state, RTT and loss.
+fn link_gauges(out: &mut String, links: &[LinkStatus]) {
+    family(
+        out,
+        "multiwan_link_up",
+        "gauge",
+        "1 while the link is in service (state up), else 0.",
+    );
+    for l in links {
+        let up = u8::from(l.state == "up");
+        sample(
+            out,
+            "multiwan_link_up",
+            &[("link", &l.name)],
+            &up.to_string(),
+        );
+    }
+
+    family(
+        out,
+        "multiwan_link_state",
+        "gauge",
+        "The link's state: 1 for the state it is in, 0 for the others.",
+    );
+    for l in links {
+        for s in STATES {
+            let v = u8::from(l.state == s.as_str());
+            sample(
+                out,
+                "multiwan_link_state",
+                &[("link", &l.name), ("state", s.as_str())],
+                &v.to_string(),
+            );
+        }
+    }
+
+    family(
+        out,
+        "multiwan_link_rtt_seconds",
+        "gauge",
+        "Mean round-trip time of the answered health-check probes over the check window.",
+    );
+    for l in links {
+        if let Some(ms) = l.rtt_ms {
+            sample(
+                out,
+                "multiwan_link_rtt_seconds",
+                &[("link", &l.name)],
+                &float(ms / 1e3),
+            );
+        }
+    }
+
+    family(
+        out,
+        "multiwan_link_loss_ratio",
+        "gauge",
+        "Lost health-check probes / sent probes over the check window (0 to 1).",
+    );
+    for l in links {
+        if let Some(pct) = l.loss_pct {
+            sample(
+                out,
+                "multiwan_link_loss_ratio",
+                &[("link", &l.name)],
+                &float(pct / 100.0),
+            );
+        }
     }
 }
 

@@ -205,9 +205,8 @@ impl Daemon {
                 _ = verify.tick() => {
                     // Someone may have changed what we own without an event we follow.
                     self.force_verify();
-                    if let Err(e) = self.reconcile("periodic check").await {
-                        eprintln!("multiwan: {e:#}");
-                    }
+                    // A failure is logged, and retried, by `apply_failed`.
+                    let _ = self.reconcile("periodic check").await;
                 }
                 Some(request) = inputs.requests.recv() => self.on_request(request).await,
                 _ = inputs.signals.hup.recv() => {

@@ -170,9 +170,8 @@ impl Daemon {
         }
         self.act(transitions).await;
         // Facts alone (an address, a gateway, a main-table route) may change the plan.
-        if let Err(e) = self.reconcile("interfaces changed").await {
-            eprintln!("multiwan: {e:#}");
-        }
+        // A failure is logged, and retried, by `apply_failed`.
+        let _ = self.reconcile("interfaces changed").await;
     }
 
     /// Runs a repair or a retry whose time has come.
@@ -191,9 +190,8 @@ impl Daemon {
         };
         self.repair.retry_at = None;
         self.force_verify();
-        if let Err(e) = self.reconcile(&why).await {
-            eprintln!("multiwan: {e:#}");
-        }
+        // A failure is logged, and retried, by `apply_failed`.
+        let _ = self.reconcile(&why).await;
         self.flush_pending();
     }
 
@@ -307,9 +305,8 @@ impl Daemon {
         for t in &transitions {
             self.log_transition(t);
         }
-        if let Err(e) = self.reconcile("link state changed").await {
-            eprintln!("multiwan: {e:#}");
-        }
+        // A failure is logged, and retried, by `apply_failed`.
+        let _ = self.reconcile("link state changed").await;
         self.after_apply(&transitions);
     }
 
