@@ -41,6 +41,8 @@ pub(super) struct Repair {
     /// When a read-back apply is due, and what was damaged.
     due: Option<Instant>,
     what: BTreeSet<&'static str>,
+    /// What the read-back apply under way repairs (counted once it changes something).
+    running: BTreeSet<&'static str>,
     /// Consecutive failed applies, the last error and when to try again.
     pub failures: u32,
     pub last_error: Option<String>,
@@ -99,7 +101,16 @@ impl Daemon {
                         self.repair.damaged("routes", now);
                     }
                 }
-                KernelEvent::Nft { .. } => self.repair.damaged("nft", now),
+                KernelEvent::Nft { table_deleted } => {
+                    if table_deleted && self.installed.is_some() {
+                        eprintln!(
+                            "multiwan: nft table inet {} was deleted by someone else (a \
+                             firewall reload's `flush ruleset`?): restoring it",
+                            self.config.settings.nft_table
+                        );
+                    }
+                    self.repair.damaged("nft", now);
+                }
                 KernelEvent::Overflow { socket } => {
                     eprintln!(
                         "multiwan: {socket} events were lost (socket buffer full): reading \
@@ -181,13 +192,15 @@ impl Daemon {
         if !repair_due && !retry_due {
             return;
         }
+        let what = std::mem::take(&mut self.repair.what);
         let why = if repair_due {
             self.repair.due = None;
-            let what: Vec<&str> = self.repair.what.iter().copied().collect();
-            format!("repair ({} changed by someone else?)", what.join(", "))
+            let names: Vec<&str> = what.iter().copied().collect();
+            format!("repair ({} changed by someone else?)", names.join(", "))
         } else {
             format!("retry {}", self.repair.failures)
         };
+        self.repair.running.extend(what);
         self.repair.retry_at = None;
         self.force_verify();
         // A failure is logged, and retried, by `apply_failed`.
@@ -255,7 +268,9 @@ impl Daemon {
                 report.changes.join("; ")
             );
         }
-        let what: Vec<&'static str> = std::mem::take(&mut self.repair.what).into_iter().collect();
+        let what: Vec<&'static str> = std::mem::take(&mut self.repair.running)
+            .into_iter()
+            .collect();
         if report.changed && !what.is_empty() {
             for w in &what {
                 self.metrics.repair(w);
@@ -281,6 +296,9 @@ impl Daemon {
 
     fn apply_failed(&mut self, why: &str, e: &crate::kernel::KernelError) {
         self.metrics.repair("apply_failed");
+        // Still to be repaired: counted when the retry succeeds.
+        let running = std::mem::take(&mut self.repair.running);
+        self.repair.what.extend(running);
         self.repair.failures += 1;
         let delay = backoff(self.repair.failures);
         self.repair.retry_at = Some(Instant::now() + delay);
