@@ -26,6 +26,11 @@ pub(super) struct LinkRuntime {
     /// When the prober last reported a round (or was started): a prober silent for
     /// [`SILENT_ROUNDS`] intervals is restarted and the link taken down.
     last_report: Instant,
+    /// When the prober last reported a good round.
+    last_good: Option<Instant>,
+    /// The last fall to `down` was decided by probes (or their silence), not by the
+    /// interface: other links may have failed silently at the same moment.
+    pub silent_failure: bool,
 }
 
 /// Intervals without a round after which a prober counts as stuck.
@@ -61,6 +66,8 @@ impl LinkRuntime {
             prober: None,
             decided: VecDeque::new(),
             last_report: now,
+            last_good: None,
+            silent_failure: false,
         };
         rt.spawn_prober(now, reports);
         rt
@@ -98,6 +105,12 @@ impl LinkRuntime {
         Some(check.interval.max(check.timeout) * SILENT_ROUNDS)
     }
 
+    /// Whether the link has shown it works after `t`: a good round since then, or, for a
+    /// link without probes, nothing to show (its interface is all there is).
+    pub fn proven_since(&self, t: Instant) -> bool {
+        self.silence_limit().is_none() || self.last_good.is_some_and(|g| g >= t)
+    }
+
     /// When [`supervise`](Self::supervise) next has something to check.
     pub fn supervise_deadline(&self) -> Option<Instant> {
         let limit = self.silence_limit()?;
@@ -128,11 +141,12 @@ impl LinkRuntime {
             }
         );
         self.spawn_prober(now, reports);
-        if silent {
-            self.health.on_silence(now)
-        } else {
-            None
+        if !silent {
+            return None;
         }
+        let t = self.health.on_silence(now);
+        self.note_failure(&t, true);
+        t
     }
 
     /// Feeds the interface's current facts to the health machine.
@@ -159,7 +173,9 @@ impl LinkRuntime {
                 },
             },
         };
-        self.health.on_interface(now, status)
+        let t = self.health.on_interface(now, status);
+        self.note_failure(&t, false);
+        t
     }
 
     /// Whether the kernel may have deleted routes of this link's table by itself between
@@ -223,12 +239,23 @@ impl LinkRuntime {
             }
             return None;
         }
+        if report.good {
+            self.last_good = Some(now);
+        }
         let keep = self.link.check.as_ref().map_or(0, |c| c.window as usize);
         self.decided.push_back(report.seq);
         while self.decided.len() > keep.max(1) {
             self.decided.pop_front();
         }
-        self.health.on_round(now, &round)
+        let t = self.health.on_round(now, &round);
+        self.note_failure(&t, true);
+        t
+    }
+
+    fn note_failure(&mut self, t: &Option<Transition>, silent: bool) {
+        if t.as_ref().is_some_and(|t| t.to == LinkState::Down) {
+            self.silent_failure = silent;
+        }
     }
 }
 

@@ -76,9 +76,8 @@ pub struct Daemon {
     /// What the kernel-event reader counts as ours (updated after each apply).
     scope: watch::Sender<Ownership>,
     repair: repair::Repair,
-    /// Links whose conntrack entries are to be deleted once that helps:
-    /// link → (mark, delete even while it is in service).
-    pending_flush: BTreeMap<String, (u32, bool)>,
+    /// Links whose conntrack entries are to be deleted once that helps.
+    pending_flush: BTreeMap<String, repair::PendingFlush>,
     counters: Counters,
     files: Files,
 }
@@ -199,6 +198,8 @@ impl Daemon {
                         transitions.extend(self.on_round(more));
                     }
                     self.act(transitions).await;
+                    // A good round may be what a queued conntrack flush waits for.
+                    self.flush_pending();
                 }
                 _ = sleep_until_opt(deadline) => self.on_timers().await,
                 _ = tick_opt(&mut watchdog) => notify::watchdog(),

@@ -67,6 +67,17 @@ impl Repair {
     }
 }
 
+/// A link whose conntrack entries wait to be deleted.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PendingFlush {
+    pub mark: u32,
+    /// A `flush_on_recover` mover: deleted even while its link is in service.
+    pub mover: bool,
+    /// For a failure that probes decided: when; the link to move to must have worked
+    /// since (all uplinks may have failed at once, the others not confirmed yet).
+    pub since: Option<Instant>,
+}
+
 /// The delay before retry number `failures` (1, 2, …): 100 ms doubling up to 5 s.
 pub(super) fn backoff(failures: u32) -> Duration {
     let ms = 100u64.saturating_mul(1 << failures.saturating_sub(1).min(6));
@@ -343,16 +354,28 @@ impl Daemon {
                     LinkState::Up | LinkState::Degraded | LinkState::Disabled
                 );
             if went_down && rt.link.flush_on_down {
-                self.pending_flush.insert(t.link.clone(), (rt.mark, false));
+                let p = PendingFlush {
+                    mark: rt.mark,
+                    mover: false,
+                    since: rt.silent_failure.then_some(t.at),
+                };
+                self.pending_flush.insert(t.link.clone(), p);
             }
             if t.to == LinkState::Up {
                 // A better link is back: metered backups move their connections.
                 let prio = rt.link.priority;
-                let movers: Vec<(String, (u32, bool))> = self
+                let movers: Vec<(String, PendingFlush)> = self
                     .links
                     .values()
                     .filter(|o| o.link.flush_on_recover && o.link.priority > prio)
-                    .map(|o| (o.link.name.clone(), (o.mark, true)))
+                    .map(|o| {
+                        let p = PendingFlush {
+                            mark: o.mark,
+                            mover: true,
+                            since: None,
+                        };
+                        (o.link.name.clone(), p)
+                    })
                     .collect();
                 self.pending_flush.extend(movers);
             }
@@ -363,27 +386,37 @@ impl Daemon {
 
     /// Deletes the queued conntrack entries if that helps now: the installed plan is
     /// the one for the current states (the apply that took their links out succeeded)
-    /// and some link is in service to take the connections. A link queued because it
-    /// went down and that is back in service keeps its connections; a
-    /// `flush_on_recover` mover is in service and moves anyway.
+    /// and some link is in service. After a failure that probes decided, that link must
+    /// also have shown it works since (a good round): when every uplink fails silently
+    /// at once, the first failure is confirmed before the others, and its connections
+    /// would be deleted with nowhere to go. That costs up to one probe interval of the
+    /// other links before the entries go; carrier loss and the like are certain and
+    /// local, and flush at once. A link queued because it went down and that is back
+    /// in service keeps its connections; a `flush_on_recover` mover moves anyway.
     pub(super) fn flush_pending(&mut self) {
         if self.pending_flush.is_empty() || self.installed.is_none() || self.verify_next {
             return;
         }
-        let in_service = self.links.values().any(|l| l.health.state().in_service());
-        if !in_service {
-            return;
-        }
         let mask = self.config.settings.mark_mask;
-        for (name, (mark, mover)) in std::mem::take(&mut self.pending_flush) {
-            let back = self
-                .links
-                .get(&name)
-                .is_some_and(|l| l.health.state().in_service());
-            if back && !mover {
+        let queued: Vec<(String, PendingFlush)> = self
+            .pending_flush
+            .iter()
+            .map(|(n, p)| (n.clone(), *p))
+            .collect();
+        for (name, p) in queued {
+            let in_service = |l: &super::links::LinkRuntime| l.health.state().in_service();
+            let back = self.links.get(&name).is_some_and(in_service);
+            if back && !p.mover {
+                self.pending_flush.remove(&name);
                 continue;
             }
-            self.flush_connections(&name, mark, mask);
+            let somewhere = self.links.iter().any(|(n, l)| {
+                *n != name && in_service(l) && p.since.is_none_or(|t| l.proven_since(t))
+            });
+            if somewhere {
+                self.pending_flush.remove(&name);
+                self.flush_connections(&name, p.mark, mask);
+            }
         }
     }
 
