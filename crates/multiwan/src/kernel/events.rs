@@ -312,6 +312,60 @@ mod tests {
         m
     }
 
+    fn own() -> Ownership {
+        Ownership {
+            priorities: (1000, 1999),
+            tables: vec![100, 101, 102],
+            nft_table: "multiwan".into(),
+        }
+    }
+
+    fn rule(prio: u32) -> RuleMessage {
+        let mut r = RuleMessage::default();
+        r.header.family = netlink_packet_route::AddressFamily::Inet;
+        r.header.action = netlink_packet_route::rule::RuleAction::ToTable;
+        r.attributes.push(RuleAttribute::Priority(prio));
+        r.attributes.push(RuleAttribute::Table(101));
+        r
+    }
+
+    fn route(table: u32) -> RouteMessage {
+        let mut r = RouteMessage::default();
+        r.header.address_family = netlink_packet_route::AddressFamily::Inet;
+        r.attributes
+            .push(netlink_packet_route::route::RouteAttribute::Table(table));
+        r
+    }
+
+    #[test]
+    fn route_events_are_sorted_by_what_multiwan_owns() {
+        use RouteNetlinkMessage as M;
+        let own = own();
+        assert!(matches!(
+            classify_route(M::DelRule(rule(1003)), &own),
+            Some(KernelEvent::Rule { deleted: true, .. })
+        ));
+        assert!(matches!(
+            classify_route(M::NewRule(rule(1003)), &own),
+            Some(KernelEvent::Rule { deleted: false, .. })
+        ));
+        // Another tenant's rule outside the range: nothing to do.
+        assert!(classify_route(M::DelRule(rule(5210)), &own).is_none());
+        assert!(matches!(
+            classify_route(M::DelRoute(route(101)), &own),
+            Some(KernelEvent::Route { deleted: true, .. })
+        ));
+        // The main table (and any other) makes the facts.
+        assert!(matches!(
+            classify_route(M::NewRoute(route(254)), &own),
+            Some(KernelEvent::Facts)
+        ));
+        assert!(matches!(
+            classify_route(M::DelRoute(route(220)), &own),
+            Some(KernelEvent::Facts)
+        ));
+    }
+
     #[test]
     fn nft_messages_are_told_apart_by_family_and_table() {
         let mut buf = msg(6, NFPROTO_INET, "other");
