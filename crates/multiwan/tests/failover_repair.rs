@@ -354,3 +354,43 @@ fn serial_an_outage_of_every_uplink_resets_nothing() {
         h.daemon_log()
     );
 }
+
+/// Issue 9 point 3: kernel events lost to a full socket buffer (`ENOBUFS`). The daemon
+/// is stopped (SIGSTOP) while another tenant fills its own table with 40 000 routes, so
+/// the events pile up beyond the buffer, and its rules are deleted meanwhile; once it
+/// runs again it says events were lost, reads everything again and puts the rules back.
+#[test]
+fn serial_lost_kernel_events_make_the_daemon_read_everything_again() {
+    let (h, _srv) = start("burst");
+    let daemon = h.start_daemon();
+    let mut batch = String::new();
+    for i in 0..40_000u32 {
+        // 198.18.128.0 onwards (benchmark space, far from the lab's servers).
+        let dst = std::net::Ipv4Addr::from(0xc612_8000 + i);
+        batch.push_str(&format!("route add {dst}/32 dev lan0 table 200\n"));
+    }
+    let path = std::env::temp_dir().join(format!("{}.burst", h.nft_table));
+    std::fs::write(&path, batch).unwrap();
+    let rules = own_rules(&h);
+    let pid = daemon.id() as libc::pid_t;
+    // SAFETY: signals to the daemon this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    delete_own_rules(&h);
+    let filled = h.router().sh(&format!(
+        "ip -batch {} ; ip route flush table 200",
+        path.display()
+    ));
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let _ = std::fs::remove_file(&path);
+    filled.unwrap();
+    h.wait_for_log("events were lost", Duration::from_secs(5));
+    h.wait_until("every rule back", Duration::from_secs(5), || {
+        own_rules(&h) == rules
+    });
+    wait_until(
+        "new connections through isp1",
+        Duration::from_secs(5),
+        || current_isp(&h) == Some(1),
+    );
+}
