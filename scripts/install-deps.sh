@@ -5,7 +5,10 @@ if [ "$(id -u)" != 0 ]; then
     echo "run as root: multiwan's tests and demo build network namespaces" >&2
     exit 1
 fi
-pkgs=(nftables iproute2 conntrack iperf3 procps kmod iputils-ping python3 ca-certificates build-essential pkg-config)
+# systemd: systemd-analyze for the packaging test; openssl: the TLS servers of the https
+# probe test; ca-certificates: the system trust store https probes verify against.
+pkgs=(nftables iproute2 conntrack iperf3 procps kmod iputils-ping python3 ca-certificates
+      openssl systemd build-essential pkg-config)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -23,4 +26,9 @@ fi
 # The packaging test builds the .deb: cargo-deb, from crates.io (a no-op when present).
 if ! cargo deb --version >/dev/null 2>&1; then
     cargo install cargo-deb --locked --quiet
+fi
+# nextest runs the `serial_` tests one at a time (.config/nextest.toml); plain
+# `cargo test` would run them alongside the others and their timings would not hold.
+if ! cargo nextest --version >/dev/null 2>&1; then
+    cargo install cargo-nextest --locked --quiet
 fi

@@ -1,6 +1,8 @@
 //! multiwan: several internet uplinks on one Linux router.
 //!
 //! The crate is laid out the way the data flows:
+//! - [`api`]: what can be asked of a running daemon (requests, replies, events) and the
+//!   handle that asks it; used by both [`control`] and [`daemon`];
 //! - [`config`]: the TOML file, parsed and validated into [`config::Config`];
 //! - [`plan`]: the pure planner, (config, link states, interface facts) → [`plan::Desired`];
 //! - [`render`]: the desired state as `ip` / `nft` text (`multiwan plan`);
@@ -11,12 +13,15 @@
 //! - [`control`]: operating it: the control socket, metrics and hooks;
 //! - [`cli`]: the `multiwan` command.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod explain;
 pub mod health;
 pub mod kernel;
+pub mod logging;
 pub mod plan;
 pub mod preflight;
 pub mod probe;

@@ -152,3 +152,36 @@ fn a_foreign_nft_rule_using_mark_bits_is_a_warning() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("nft table ip other"), "{err}");
 }
+
+/// The sysctls multiwan needs are one list (the planner's): a fresh namespace has them
+/// off, and check names each, IPv6's multipath hash only when some link has IPv6.
+#[test]
+fn sysctls_that_are_off_are_warnings() {
+    common::require_root();
+    let ns = Netns::new(unique_name("mwcheck", "sysctls")).unwrap();
+    ns.ip(&[
+        "link", "add", "wan1", "type", "veth", "peer", "name", "wan1p",
+    ])
+    .unwrap();
+    let path = write("sysctls", "[links.a]\nid = 1\ninterface = \"wan1\"\n");
+    let out = check(Some(&ns), &path);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    for key in [
+        "net.ipv4.icmp_errors_use_inbound_ifaddr is 0, multiwan needs 1",
+        "net.ipv4.fib_multipath_hash_policy is 0, multiwan needs 1",
+        "net.ipv6.fib_multipath_hash_policy is 0, multiwan needs 1",
+        "net.ipv4.conf.wan1.src_valid_mark is 0, multiwan needs 1",
+        "net.ipv6.conf.wan1.accept_ra is 1, multiwan needs 2",
+    ] {
+        assert!(err.contains(key), "no {key:?} in:\n{err}");
+    }
+
+    let path = write(
+        "sysctls-v4",
+        "[links.a]\nid = 1\ninterface = \"wan1\"\ngateway6 = \"none\"\n",
+    );
+    let err = stderr(&check(Some(&ns), &path));
+    assert!(err.contains("net.ipv4.fib_multipath_hash_policy"), "{err}");
+    assert!(!err.contains("net.ipv6."), "{err}");
+}

@@ -1414,18 +1414,19 @@ fn invalid_gateways() {
 
 #[test]
 fn npt6_prefixes() {
-    let c = ok(&two(
-        "npt6 = { inside = \"fd00:1::/48\", outside = \"auto\" }\n",
-    ));
-    let npt = c.links[1].npt6.as_ref().unwrap();
-    assert_eq!(npt.inside, "fd00:1::/48".parse().unwrap());
-    assert_eq!(npt.outside, None);
-    let c = ok(&two(
-        "npt6 = { inside = \"fd00:1::/48\", outside = \"2001:db8:1::/48\" }\n",
-    ));
-    assert_eq!(
-        c.links[1].npt6.as_ref().unwrap().outside,
-        Some("2001:db8:1::/48".parse().unwrap())
+    // npt6 is not carried out by this build: valid prefixes are refused as such, with
+    // the key, rather than accepted and ignored (see unimplemented_keys_are_refused).
+    one_error(
+        &two("npt6 = { inside = \"fd00:1::/48\", outside = \"auto\" }\n"),
+        "links.isp2.npt6.outside",
+        7,
+        "outside = \"auto\"",
+    );
+    one_error(
+        &two("npt6 = { inside = \"fd00:1::/48\", outside = \"2001:db8:1::/48\" }\n"),
+        "links.isp2.npt6",
+        7,
+        "not implemented",
     );
 
     one_error(
@@ -1573,4 +1574,109 @@ fn array_keys_survive_dropped_entries() {
     has_error(&errs, "settings.lan[1]", 8, "expected a string");
     has_error(&errs, "settings.lan[2]", 8, "interface of link isp1");
     assert_eq!(errs.len(), 2, "{}", ConfigErrors(errs.clone()));
+}
+
+/// SPEC §1 keys this build cannot carry out are refused with their key and what to
+/// write instead, never accepted and ignored (issue #11).
+#[test]
+fn unimplemented_keys_are_refused() {
+    let e = one_error(
+        &two("snat_to = \"198.51.100.2\"\n"),
+        "links.isp2.snat_to",
+        7,
+        "snat_to is not implemented in this build yet",
+    );
+    assert_eq!(e.column, 11);
+    // A wrong value is told what is wrong with it, once.
+    one_error(
+        &two("snat_to = \"2001:db8::2\"\n"),
+        "links.isp2.snat_to",
+        7,
+        "is for IPv4",
+    );
+    one_error(
+        &two("snat_to = \"wan2\"\n"),
+        "links.isp2.snat_to",
+        7,
+        "not an IPv4 address",
+    );
+    one_error(
+        &two("masquerade = false\nsnat_to = \"198.51.100.2\"\n"),
+        "links.isp2.snat_to",
+        8,
+        "masquerade = false",
+    );
+    // npt6 with outside = "auto", written or by default.
+    let e = one_error(
+        &two("npt6 = { inside = \"fd00:1::/48\" }\n"),
+        "links.isp2.npt6.outside",
+        7,
+        "DHCPv6-PD",
+    );
+    assert_eq!(e.column, 8);
+    one_error(
+        &two("npt6 = { inside = \"fd00:1::/64\", outside = \"2001:db8:1:100::/64\" }\n"),
+        "links.isp2.npt6",
+        7,
+        "use masquerade6 = true",
+    );
+    // What is implemented stays accepted: masquerade6, and https:// URLs of http checks.
+    let c = ok(&two(
+        "masquerade6 = true\n[links.isp2.check]\nmethod = \"http\"\n\
+         targets = [\"https://example.com/\"]\n",
+    ));
+    assert!(c.links[1].masquerade6);
+    assert_eq!(c.links[1].snat_to, None);
+}
+
+/// Settings that are valid one by one but together could never work (SPEC §1: check
+/// settings that cannot work).
+#[test]
+fn combinations_that_could_never_work() {
+    // An IPv6 probe target on a link without IPv6: never answers, link never up.
+    let e = one_error(
+        &two("gateway6 = \"none\"\n[links.isp2.check]\n\
+             targets = [\"198.18.0.1\", \"2001:db8::1\"]\n"),
+        "links.isp2.check.targets[2]",
+        9,
+        "gateway6 = \"none\"",
+    );
+    assert_eq!(e.column, 26);
+    ok(&two(
+        "gateway6 = \"none\"\n[links.isp2.check]\ntargets = [\"198.18.0.1\"]\n",
+    ));
+    ok(&two("[links.isp2.check]\ntargets = [\"2001:db8::1\"]\n"));
+
+    // Round keys with method none, which sends no probes.
+    let errs = errors(&two(
+        "[links.isp2.check]\nmethod = \"none\"\ninterval = \"5s\"\nmax_loss = 10\n",
+    ));
+    assert_eq!(errs.len(), 2, "{}", ConfigErrors(errs.clone()));
+    has_error(&errs, "links.isp2.check.interval", 9, "no effect");
+    has_error(&errs, "links.isp2.check.max_loss", 10, "no effect");
+
+    // A router-local-only rule while the router's own traffic is left alone.
+    let text = format!(
+        "[settings]\nlocal_traffic = false\n{TWO}\
+         [[rules]]\nuser = 0\npolicy = \"isp1\"\n\
+         [[rules]]\ncgroup = \"system.slice/x.service\"\npolicy = \"isp2\"\n\
+         [[rules]]\ndestination = [\"198.18.0.0/24\"]\npolicy = \"isp2\"\n"
+    );
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 2, "{}", ConfigErrors(errs.clone()));
+    has_error(&errs, "rules[1].user", 10, "local_traffic = false");
+    has_error(&errs, "rules[2].cgroup", 13, "local_traffic = false");
+
+    // `log` on a rule by user alone: ip rules steer it, and they cannot log.
+    let e = one_error(
+        &two("[[rules]]\nuser = 0\npolicy = \"isp1\"\nlog = true\n"),
+        "rules[1].log",
+        10,
+        "cannot log",
+    );
+    assert_eq!(e.column, 7);
+    ok(&two(
+        "[[rules]]\nuser = 0\ncgroup = \"a.slice\"\npolicy = \"isp1\"\nlog = true\n\
+         [[rules]]\ndestination = [\"198.18.0.0/24\"]\npolicy = \"isp1\"\nlog = true\n",
+    ));
 }

@@ -54,6 +54,7 @@ fn round(results: &[Option<f64>]) -> Round {
         good: !rtts.is_empty(),
         rtts,
         per_target,
+        failure: None,
     }
 }
 

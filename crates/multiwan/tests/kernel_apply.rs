@@ -139,7 +139,7 @@ impl Lab {
     }
 
     fn counters(&self) -> std::collections::BTreeMap<String, u64> {
-        self.with_kernel(|k| async move { k.read_counters("mw") })
+        self.with_kernel(|k| async move { k.read_counters("mw").await })
             .unwrap_or_else(|e| panic!("read_counters failed: {e}"))
     }
 
@@ -653,8 +653,10 @@ fn assert_nothing_owned(lab: &Lab, d: &Desired) {
     let rules = lab.rules();
     for line in rules.lines() {
         let prio: u32 = line.split(':').next().unwrap().trim().parse().unwrap();
+        // Only tagged rules are multiwan's (a foreign one in the range stays).
+        let tagged = line.contains("proto multiwan") || line.contains("proto 77");
         assert!(
-            !(1000..=1999).contains(&prio),
+            !(tagged && (1000..=1999).contains(&prio)),
             "owned rule left: {line}\n{rules}"
         );
     }
@@ -756,11 +758,11 @@ fn apply_installs_everything_and_second_apply_changes_nothing() {
     let t101 = lab.table(101);
     assert!(t101.contains("default via 192.0.2.1 dev wan1"), "{t101}");
     assert!(
-        t101.contains("unreachable default proto static metric 4294967295"),
+        t101.contains("unreachable default proto multiwan metric 4294967295"),
         "{t101}"
     );
     assert!(
-        t101.contains("default via 2001:db8:1::1 dev wan1 proto static metric 1024"),
+        t101.contains("default via 2001:db8:1::1 dev wan1 proto multiwan metric 1024"),
         "{t101}"
     );
     let t100 = lab.table(100);
@@ -779,7 +781,7 @@ fn apply_installs_everything_and_second_apply_changes_nothing() {
     let t356 = lab.table(356);
     assert!(t356.contains("default via 192.0.2.1 dev wan1"), "{t356}");
     assert!(
-        t356.contains("blackhole 203.0.113.0/24 proto static metric 10"),
+        t356.contains("blackhole 203.0.113.0/24 proto multiwan metric 10"),
         "{t356}"
     );
 
@@ -888,12 +890,13 @@ fn foreign_state_survives_apply_and_flush() {
          nft add table ip mw; nft add chain ip mw c");
     std::fs::create_dir_all(&lab.rt_dir).unwrap();
     std::fs::write(lab.rt_dir.join("other.conf"), "200 other\n").unwrap();
-    // A rule inside multiwan's range is multiwan's: apply removes it.
+    // A rule inside multiwan's range that multiwan did not add (no `proto multiwan`
+    // tag) is foreign (SPEC §3, issue #9): apply and flush leave it.
     lab.sh("ip rule add pref 1500 lookup 77");
 
     let r = lab.apply(&d);
-    assert_eq!(r.rules_deleted, 1, "{:#?}", r.changes);
-    assert!(!lab.rules().contains("1500:"));
+    assert_eq!(r.rules_deleted, 0, "{:#?}", r.changes);
+    assert!(lab.rules().contains("1500:"));
     let f = lab.flush(&d);
     assert!(f.changed && f.nft && f.table_names);
     assert_eq!(f.rules_deleted, d.rules.len());
@@ -902,6 +905,7 @@ fn foreign_state_survives_apply_and_flush() {
 
     let rules = lab.rules();
     for want in [
+        "1500:\tfrom all lookup 77",
         "900:\tfrom all fwmark 0x5 lookup 200",
         "3000:\tfrom 192.0.2.0/24 lookup 200",
         "3000:\tfrom all lookup 200",
@@ -1028,7 +1032,7 @@ fn conntrack_delete_by_mark_only_touches_that_mark() {
     ]
     .join("\n"));
     let deleted = lab
-        .with_kernel(|k| async move { k.delete_conntrack_by_mark(0x100, 0xff00) })
+        .with_kernel(|k| async move { k.delete_conntrack_by_mark(0x100, 0xff00).await })
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(deleted, 4);
     let left = lab.sh("conntrack -L 2>/dev/null; conntrack -L -f ipv6 2>/dev/null");
@@ -1045,7 +1049,118 @@ fn conntrack_delete_by_mark_only_touches_that_mark() {
         );
     }
     let again = lab
-        .with_kernel(|k| async move { k.delete_conntrack_by_mark(0x100, 0xff00) })
+        .with_kernel(|k| async move { k.delete_conntrack_by_mark(0x100, 0xff00).await })
         .unwrap();
     assert_eq!(again, 0);
+}
+
+/// `d` moved to another instance's ranges: tables +200, priorities +2000, nft table `mw2`.
+fn other_instance(d: &Desired) -> Desired {
+    let mut o = d.clone();
+    let moved = |t: u32| {
+        if d.owned_tables.contains(&t) {
+            t + 200
+        } else {
+            t
+        }
+    };
+    for r in &mut o.rules {
+        r.priority += 2000;
+        r.table = moved(r.table);
+    }
+    for r in &mut o.routes {
+        r.table = moved(r.table);
+    }
+    o.owned_tables = d.owned_tables.iter().map(|t| t + 200).collect();
+    o.owned_priorities = (3000, 3999);
+    o.nft.name = "mw2".into();
+    o.table_names = d
+        .table_names
+        .iter()
+        .map(|(t, n)| (t + 200, format!("{n}_2")))
+        .collect();
+    o
+}
+
+#[test]
+fn another_instance_and_untagged_objects_are_left_alone() {
+    let lab = Lab::new("instances");
+    let d = desired(&lab.facts(), &links());
+    let other = other_instance(&d);
+    lab.apply(&other);
+    let theirs = format!("{}{}", lab.rules(), lab.table(301));
+    // Untagged routes in one of multiwan's tables: a route by hand, and one that sits
+    // where multiwan wants its own (same destination and metric): neither is touched.
+    lab.sh("ip route add blackhole 203.0.113.0/24 table 101
+            ip route add unreachable default metric 4294967295 table 102 proto static");
+
+    let r = lab.apply(&d);
+    assert_eq!(
+        (r.rules_deleted, r.routes_deleted, r.routes_replaced),
+        (0, 0, 0),
+        "{:#?}",
+        r.changes
+    );
+    assert!(lab.table(101).contains("blackhole 203.0.113.0/24"));
+    assert!(
+        lab.table(102)
+            .contains("unreachable default proto static metric 4294967295"),
+        "{}",
+        lab.table(102)
+    );
+    let f = lab.flush(&d);
+    assert_eq!(f.rules_deleted, d.rules.len(), "{:#?}", f.changes);
+    assert_eq!(
+        f.routes_deleted,
+        d.routes.len() - 1,
+        "all but the one held by a foreign route: {:#?}",
+        f.changes
+    );
+    assert_eq!(format!("{}{}", lab.rules(), lab.table(301)), theirs);
+    assert!(lab.table(101).contains("blackhole 203.0.113.0/24"));
+    assert!(lab.table(102).contains("proto static"));
+    assert!(lab.sh("nft list tables").contains("table inet mw2"));
+    assert!(lab.rt_dir.join("mw2.conf").exists());
+}
+
+#[test]
+fn flush_goes_on_past_a_failure_and_reports_every_error() {
+    let lab = Lab::new("flusherr");
+    let d = desired(&lab.facts(), &links());
+    lab.apply(&d);
+    // An `nft` that always fails, first in PATH (nextest runs each test in its own
+    // process, so the change is this test's alone).
+    let shim = lab.rt_dir.with_extension("bin");
+    std::fs::create_dir_all(&shim).unwrap();
+    let fake = shim.join("nft");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'nft: broken for the test' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = std::env::var("PATH").unwrap_or_default();
+    std::env::set_var("PATH", format!("{}:{path}", shim.display()));
+
+    let own = Ownership::from(&d);
+    let err = lab
+        .with_kernel(move |k| async move { k.flush(&own).await })
+        .expect_err("nft fails: the flush must say so");
+    std::env::set_var("PATH", path);
+    let _ = std::fs::remove_dir_all(&shim);
+    let text = err.to_string();
+    assert!(
+        text.contains("flush removed") && text.contains("broken for the test"),
+        "{text}"
+    );
+    // Everything but the nft table went anyway.
+    assert!(!lab.rules().contains("proto 77") && !lab.rules().contains("proto multiwan"));
+    for t in &d.owned_tables {
+        assert_eq!(lab.table(*t).trim(), "", "routes left in table {t}");
+    }
+    assert!(lab.nft().contains("table inet mw"), "{}", lab.nft());
+    // With nft back, a second flush removes the rest.
+    let f = lab.flush(&d);
+    assert!(f.nft, "{:#?}", f.changes);
+    assert_nothing_owned(&lab, &d);
 }

@@ -102,9 +102,16 @@ fn text_and_json_renderings_install_the_same_table() {
                     .unwrap_or_else(|e| panic!("{}: text rejected: {e:#}", path.display()));
                 as_json
                     .run(move || {
-                        let existing = Existing::read(&table.name).unwrap_or_default();
-                        let batch = knft::to_batch(&table, &existing);
-                        knft::send(&batch, &table.name)
+                        tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .expect("tokio runtime")
+                            .block_on(async {
+                                let existing =
+                                    Existing::read(&table.name).await.unwrap_or_default();
+                                let batch = knft::to_batch(&table, &existing);
+                                knft::send(&batch, &table.name).await
+                            })
                     })
                     .unwrap()
                     .unwrap_or_else(|e| panic!("{}: JSON batch rejected: {e:#}", path.display()));

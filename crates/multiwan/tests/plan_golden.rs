@@ -17,10 +17,6 @@ fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
-fn path_of(name: &str) -> PathBuf {
-    golden_dir().join(format!("{name}.toml"))
-}
-
 fn plan_file(toml: &Path, states: &LinkStates) -> String {
     plan_file_with(toml, states, &common::lab_facts())
 }
@@ -113,8 +109,18 @@ fn golden_cgroup_rules() {
 }
 
 #[test]
+fn golden_cgroup_rules_log_in_route_output() {
+    check_golden("cgroup_log", &LinkStates::new());
+}
+
+#[test]
 fn golden_destination_rules_share_a_verdict_map() {
     check_golden("destinations", &LinkStates::new());
+}
+
+#[test]
+fn golden_nat_and_clamping_per_link() {
+    check_golden_with("nat", &LinkStates::new(), &facts_v6_on_wan2());
 }
 
 /// The lab's facts with an IPv6 address and default route on wan2 only.
@@ -157,10 +163,11 @@ fn golden_nft_text_loads() {
         }
         let script = plan_file(&path, &LinkStates::new());
         plans.push((path.clone(), script));
-        if path.file_stem().and_then(|s| s.to_str()) == Some("ipv6") {
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        if stem == "ipv6" || stem == "nat" {
             plans.push((
-                path,
-                plan_file_with(&path_of("ipv6"), &LinkStates::new(), &facts_v6_on_wan2()),
+                path.clone(),
+                plan_file_with(&path, &LinkStates::new(), &facts_v6_on_wan2()),
             ));
         }
     }

@@ -69,100 +69,8 @@ pub const BLACKHOLE_TABLE: &str = "lab_blackhole";
 /// nft table (family `ip`) of [`Lab::isp_loss`] in an ISP.
 pub const LOSS_TABLE: &str = "lab_loss";
 
-/// The lab's fixed addressing, usable without a [`Lab`]. `k` is an ISP number
-/// (1-based), `i` a server or client number (1-based). They panic on numbers out of
-/// range (`k` outside 1..=8, `i` outside 1..=254).
-pub mod addr {
-    use std::net::{IpAddr, Ipv4Addr};
-
-    use super::{MAX_ISPS, MAX_SERVERS};
-
-    fn octet(n: usize, max: usize, what: &str) -> u8 {
-        assert!(
-            (1..=max).contains(&n),
-            "{what} number {n} is out of range 1..={max}"
-        );
-        n as u8
-    }
-
-    fn k(k: usize) -> u8 {
-        octet(k, MAX_ISPS, "ISP")
-    }
-
-    /// Router interface towards ISP k: `wan{k}`.
-    pub fn wan_if(k: usize) -> String {
-        format!("wan{}", self::k(k))
-    }
-
-    /// The router's address on wan{k}: 100.64.k.2 (/24).
-    pub fn wan(k: usize) -> Ipv4Addr {
-        Ipv4Addr::new(100, 64, self::k(k), 2)
-    }
-
-    /// The customer prefix of ISP k: (100.64.k.0, 24).
-    pub fn wan_prefix(k: usize) -> (Ipv4Addr, u8) {
-        (Ipv4Addr::new(100, 64, self::k(k), 0), 24)
-    }
-
-    /// ISP k's address on `cust` at creation, the router's gateway: 100.64.k.1.
-    pub fn default_gateway(k: usize) -> Ipv4Addr {
-        Ipv4Addr::new(100, 64, self::k(k), 1)
-    }
-
-    /// Metric of the DHCP-style default route on wan{k}: k * 10.
-    pub fn gateway_metric(k: usize) -> u32 {
-        u32::from(self::k(k)) * 10
-    }
-
-    /// ISP k's address on `up`, towards inet: 198.19.k.2 (/24).
-    pub fn isp_up(k: usize) -> Ipv4Addr {
-        Ipv4Addr::new(198, 19, self::k(k), 2)
-    }
-
-    /// inet's address on `isp{k}`: 198.19.k.1 (/24), ISP k's default gateway.
-    pub fn inet_isp(k: usize) -> Ipv4Addr {
-        Ipv4Addr::new(198, 19, self::k(k), 1)
-    }
-
-    /// inet interface towards ISP k: `isp{k}`.
-    pub fn inet_if(k: usize) -> String {
-        format!("isp{}", self::k(k))
-    }
-
-    /// Target server i on inet's loopback: 198.18.0.i (/32).
-    pub fn server(i: usize) -> Ipv4Addr {
-        Ipv4Addr::new(198, 18, 0, octet(i, MAX_SERVERS, "server"))
-    }
-
-    /// The router's LAN interface.
-    pub const LAN_IF: &str = "lan0";
-    /// The LAN client's interface.
-    pub const LAN_CLIENT_IF: &str = "eth0";
-    /// The router's LAN address, the client's gateway: 192.0.2.1 (/24).
-    pub const LAN_ROUTER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-    /// The LAN client's primary address: 192.0.2.2 (/24).
-    pub const LAN_CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
-    /// The LAN prefix: (192.0.2.0, 24).
-    pub const LAN_PREFIX: (Ipv4Addr, u8) = (Ipv4Addr::new(192, 0, 2, 0), 24);
-
-    /// LAN client address i: 192.0.2.(i+1), so 1 is the primary 192.0.2.2 and 2.. are
-    /// the extra addresses 192.0.2.3...
-    pub fn lan_client(i: usize) -> Ipv4Addr {
-        Ipv4Addr::new(192, 0, 2, octet(i, 253, "LAN client") + 1)
-    }
-
-    /// Which ISP (1..=8) a source address belongs to: 100.64.k.x → k.
-    pub fn isp_of(addr: IpAddr) -> Option<usize> {
-        match addr {
-            IpAddr::V4(v4) => {
-                let o = v4.octets();
-                let k = usize::from(o[2]);
-                (o[0] == 100 && o[1] == 64 && (1..=MAX_ISPS).contains(&k)).then_some(k)
-            }
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().and_then(|v4| isp_of(IpAddr::V4(v4))),
-        }
-    }
-}
+pub mod addr;
+mod faults;
 
 /// Options of a [`Lab`]; start from [`Lab::builder`].
 #[derive(Clone, Debug)]
@@ -306,23 +214,7 @@ impl Lab {
     fn setup(&self) -> Result<()> {
         // Deterministic sysctls first (a new namespace inherits IPv4 `all`/`default`
         // from the host), so interfaces created next inherit them.
-        let router_rp = if self.opts.rp_filter_strict { "1" } else { "0" };
-        self.router.sysctls(&[
-            ("net.ipv4.ip_forward", "1"),
-            ("net.ipv4.conf.all.rp_filter", router_rp),
-            ("net.ipv4.conf.default.rp_filter", router_rp),
-        ])?;
-        for ns in self.isps.iter().chain([&self.inet]) {
-            ns.sysctls(&[
-                ("net.ipv4.ip_forward", "1"),
-                ("net.ipv4.conf.all.rp_filter", "0"),
-                ("net.ipv4.conf.default.rp_filter", "0"),
-            ])?;
-        }
-        self.lan.sysctls(&[
-            ("net.ipv4.conf.all.rp_filter", "0"),
-            ("net.ipv4.conf.default.rp_filter", "0"),
-        ])?;
+        self.base_sysctls()?;
 
         // Links, each created inside its namespaces.
         for k in 1..=self.isp_count() {
@@ -427,6 +319,28 @@ impl Lab {
         for k in 1..=self.isp_count() {
             self.configure_wan(k)?;
         }
+        Ok(())
+    }
+
+    /// Forwarding and rp_filter in every namespace, before any interface exists.
+    fn base_sysctls(&self) -> Result<()> {
+        let router_rp = if self.opts.rp_filter_strict { "1" } else { "0" };
+        self.router.sysctls(&[
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv4.conf.all.rp_filter", router_rp),
+            ("net.ipv4.conf.default.rp_filter", router_rp),
+        ])?;
+        for ns in self.isps.iter().chain([&self.inet]) {
+            ns.sysctls(&[
+                ("net.ipv4.ip_forward", "1"),
+                ("net.ipv4.conf.all.rp_filter", "0"),
+                ("net.ipv4.conf.default.rp_filter", "0"),
+            ])?;
+        }
+        self.lan.sysctls(&[
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.default.rp_filter", "0"),
+        ])?;
         Ok(())
     }
 
@@ -707,141 +621,6 @@ impl Lab {
             .into_iter()
             .map(|s| WhoAmIServer::udp(&self.inet, SocketAddr::new(IpAddr::V4(s), port)))
             .collect()
-    }
-
-    // ----------------------------------------------------------------- failures
-
-    /// Blackholes ISP k upstream of its gateway (`on = true`) or heals it: an nft table
-    /// `ip lab_blackhole` in the ISP drops every packet it forwards from or to `cust`.
-    /// The carrier stays up and the gateway itself still answers ARP and pings, as when
-    /// an ISP's network fails behind a live modem. Idempotent.
-    pub fn blackhole_isp(&self, k: usize, on: bool) -> Result<()> {
-        let mut script = remove_table_script(BLACKHOLE_TABLE);
-        if on {
-            script.push_str(&format!(
-                "table ip {BLACKHOLE_TABLE} {{\n\
-                 \tchain forward {{\n\
-                 \t\ttype filter hook forward priority filter - 10; policy accept;\n\
-                 \t\tiifname \"cust\" counter drop\n\
-                 \t\toifname \"cust\" counter drop\n\
-                 \t}}\n\
-                 }}\n"
-            ));
-        }
-        self.isp(k).nft(&script)?;
-        Ok(())
-    }
-
-    /// Makes ISP k's customer line lose `percent` % of IPv4 packets in each direction
-    /// (0 removes the loss; 100 drops everything; ARP is never dropped, so the carrier
-    /// and neighbour entries stay). Covers forwarded traffic and traffic to and from
-    /// the ISP's own gateway address.
-    ///
-    /// The loss is exact and deterministic: nft table `ip lab_loss` uses
-    /// `numgen inc mod 100` per direction and drops the packets whose counter value is
-    /// in a set of `percent` values spread evenly over 0..100, so of every 100
-    /// consecutive packets in a direction exactly `percent` are dropped, never in one
-    /// burst (30 %: about every third packet, not 30 in a row).
-    pub fn isp_loss(&self, k: usize, percent: u32) -> Result<()> {
-        ensure!(percent <= 100, "loss of {percent} % is not a percentage");
-        let mut script = remove_table_script(LOSS_TABLE);
-        if percent > 0 {
-            let set = loss_set(percent)
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(", ");
-            script.push_str(&format!(
-                "table ip {LOSS_TABLE} {{\n\
-                 \tchain prerouting {{\n\
-                 \t\ttype filter hook prerouting priority mangle; policy accept;\n\
-                 \t\tiifname \"cust\" numgen inc mod 100 {{ {set} }} counter drop\n\
-                 \t}}\n\
-                 \tchain postrouting {{\n\
-                 \t\ttype filter hook postrouting priority mangle; policy accept;\n\
-                 \t\toifname \"cust\" numgen inc mod 100 {{ {set} }} counter drop\n\
-                 \t}}\n\
-                 }}\n"
-            ));
-        }
-        self.isp(k).nft(&script)?;
-        Ok(())
-    }
-
-    /// Carrier of the router's wan{k}: sets ISP k's `cust` down (the router then sees
-    /// `NO-CARRIER`, state `LOWERLAYERDOWN`, its routes flagged `linkdown`) or up.
-    pub fn carrier(&self, k: usize, up: bool) -> Result<()> {
-        self.isp(k)
-            .ip(&["link", "set", "cust", if up { "up" } else { "down" }])?;
-        Ok(())
-    }
-
-    /// Administrative state of the router's wan{k} (`ip link set wan{k} down|up`).
-    /// Going down makes the kernel drop every route through it; coming up re-adds the
-    /// DHCP-style default route (when `gateway_routes` is on), as a DHCP client would.
-    pub fn router_link_admin(&self, k: usize, up: bool) -> Result<()> {
-        let wan = self.wan_if(k);
-        if up {
-            let mut cmds = vec![format!("link set {wan} up")];
-            if self.opts.gateway_routes {
-                cmds.push(self.gateway_route_cmd(k));
-            }
-            self.router.ip_batch(&cmds)
-        } else {
-            self.router.ip(&["link", "set", &wan, "down"])?;
-            Ok(())
-        }
-    }
-
-    /// Deletes the wan{k} veth pair (the router's wan{k} and ISP k's `cust` vanish,
-    /// with their addresses and routes), like a PPP session that went away.
-    pub fn delete_wan(&self, k: usize) -> Result<()> {
-        self.router.ip(&["link", "del", &self.wan_if(k)])?;
-        Ok(())
-    }
-
-    /// Creates the wan{k} veth pair again after [`Lab::delete_wan`]: new ifindex, both
-    /// sides up, addresses (ISP side: its current gateway), the router's DHCP-style
-    /// default route and rp_filter. ISP k's nft tables match `cust` by name and apply
-    /// again. Returns the new ifindex.
-    pub fn restore_wan(&self, k: usize) -> Result<u32> {
-        self.create_wan_link(k)?;
-        self.configure_cust(k)?;
-        self.configure_wan(k)?;
-        self.wan_ifindex(k)
-    }
-
-    /// A "PPP reconnect": [`Lab::delete_wan`] then [`Lab::restore_wan`]. Returns the
-    /// new ifindex of wan{k}.
-    pub fn recreate_wan(&self, k: usize) -> Result<u32> {
-        self.delete_wan(k)?;
-        self.restore_wan(k)
-    }
-
-    /// Moves ISP k's gateway to 100.64.k.`new_last_octet` (e.g. 1 → 254): the ISP's
-    /// `cust` address changes, and (with `gateway_routes`) the router's default route
-    /// on wan{k} is replaced by one via the new address, as a DHCP renewal would.
-    pub fn move_gateway(&self, k: usize, new_last_octet: u8) -> Result<()> {
-        self.check_k(k);
-        ensure!(
-            (1..=254).contains(&new_last_octet) && new_last_octet != 2,
-            "gateway octet {new_last_octet}: must be 1..=254 and not the router's 2"
-        );
-        let old = self.gateway(k);
-        let new = Ipv4Addr::new(100, 64, k as u8, new_last_octet);
-        if old == new {
-            return Ok(());
-        }
-        self.isp(k).ip_batch(&[
-            // Delete first: deleting a primary address also deletes its secondaries.
-            format!("addr del {old}/24 dev cust"),
-            format!("addr add {new}/24 dev cust"),
-        ])?;
-        self.gateways.lock().unwrap_or_else(|e| e.into_inner())[k - 1] = new_last_octet;
-        if self.opts.gateway_routes {
-            self.router.ip_batch(&[self.gateway_route_cmd(k)])?;
-        }
-        Ok(())
     }
 }
 

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::CliResult;
-use crate::config::{self, Config, Gateway};
+use crate::config::{self, Config};
 use crate::kernel::rules;
 use crate::plan::{LinkStates, PlanInput};
 
@@ -156,26 +156,17 @@ fn sysctl_warnings(config: &Config) -> Vec<String> {
             .ok()
             .map(|s| s.trim().to_string())
     };
-    let mut wanted = vec![
-        ("net/ipv4/icmp_errors_use_inbound_ifaddr".to_string(), "1"),
-        ("net/ipv4/fib_multipath_hash_policy".to_string(), "1"),
-    ];
-    for link in config.links.iter().filter(|l| l.enabled) {
-        wanted.push((
-            format!("net/ipv4/conf/{}/src_valid_mark", link.interface),
-            "1",
-        ));
-        if link.gateway6 == Gateway::Auto {
-            wanted.push((format!("net/ipv6/conf/{}/accept_ra", link.interface), "2"));
-        }
-    }
+    // Every interface: the sysctl of one that does not exist cannot be read, and is
+    // skipped below.
+    let wanted = crate::plan::sysctls::required(config, |_| true);
     let mut out = Vec::new();
-    for (key, want) in wanted {
-        if let Some(have) = read(&key) {
-            if have != want {
+    for sc in wanted {
+        if let Some(have) = read(&sc.key) {
+            if have != sc.value {
                 out.push(format!(
-                    "{} is {have}, multiwan needs {want} (it sets it on apply)",
-                    key.replace('/', ".")
+                    "{} is {have}, multiwan needs {} (it sets it on apply)",
+                    sc.dotted(),
+                    sc.value
                 ));
             }
         }

@@ -5,9 +5,31 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::{CliResult, Failure};
+use crate::api::{ClientRequest, Event, LinkAction};
+use crate::control;
 use crate::control::client::{self, ClientError, EventLine};
-use crate::control::{self, ClientRequest, LinkAction};
-use crate::daemon::Event;
+
+/// `multiwan link LINK up|down|auto` on the command line; the wire has its own
+/// [`LinkAction`] (the API knows nothing of clap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LinkActionArg {
+    /// Force in service (state `up`) whatever the probes say.
+    Up,
+    /// Force out of service (state `disabled`); its connections are not deleted.
+    Down,
+    /// Back to what the health checks say.
+    Auto,
+}
+
+impl From<LinkActionArg> for LinkAction {
+    fn from(a: LinkActionArg) -> LinkAction {
+        match a {
+            LinkActionArg::Up => LinkAction::Up,
+            LinkActionArg::Down => LinkAction::Down,
+            LinkActionArg::Auto => LinkAction::Auto,
+        }
+    }
+}
 
 /// `--socket`, else the config's `settings.socket` (read leniently), else the default.
 pub fn socket(config: Option<&Path>, socket: Option<&Path>) -> PathBuf {
@@ -21,7 +43,7 @@ pub fn socket(config: Option<&Path>, socket: Option<&Path>) -> PathBuf {
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Failure {
         match e {
-            ClientError::Unreachable(m) => Failure::Unreachable(m),
+            ClientError::NoDaemon(m) | ClientError::Unreachable(m) => Failure::Unreachable(m),
             ClientError::Refused(r) => Failure::Refused {
                 code: r.code,
                 message: r.message,

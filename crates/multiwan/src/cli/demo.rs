@@ -169,7 +169,7 @@ impl Demo {
     /// reachable from outside the router's network namespace).
     fn status(&self) -> Option<Status> {
         let socket = PathBuf::from(format!("/run/multiwan/{}.sock", self.nft_table));
-        crate::control::client::request(&socket, &crate::control::ClientRequest::Status)
+        crate::control::client::request(&socket, &crate::api::ClientRequest::Status)
             .ok()?
             .status
     }

@@ -6,7 +6,9 @@
 mod apply;
 mod check;
 mod client;
+mod common;
 mod demo;
+mod explain;
 mod plan;
 
 use std::path::{Path, PathBuf};
@@ -28,6 +30,10 @@ pub const DEFAULT_CONFIG: &str = "/etc/multiwan/multiwan.toml";
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log verbosity: error, warn, info (default), debug (adds probe detail) or trace;
+    /// or tracing filter directives. Default: $MULTIWAN_LOG, else info.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -102,9 +108,16 @@ enum Command {
         link: String,
         /// up | down | auto
         #[arg(value_enum)]
-        action: crate::control::LinkAction,
+        action: client::LinkActionArg,
         #[command(flatten)]
         at: SocketArgs,
+    },
+    /// Where a new connection would go, and why: rule, policy, link, table, route.
+    Explain {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        args: explain::ExplainArgs,
     },
     /// A sandbox of network namespaces with three uplinks, narrated.
     Demo,
@@ -159,6 +172,10 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    if let Err(e) = crate::logging::init(cli.log_level.as_deref()) {
+        eprintln!("multiwan: {e}");
+        return 2;
+    }
     let name = command_name(&cli.command);
     let result = match cli.command {
         Command::Check(c) => check::run(&c.config),
@@ -169,7 +186,8 @@ pub fn main() -> i32 {
         Command::Status { at, json } => client::status(&at.path(), json),
         Command::Events { at, json } => client::events(&at.path(), json),
         Command::Reload(at) => client::reload(&at.path()),
-        Command::Link { link, action, at } => client::link(&at.path(), &link, action),
+        Command::Link { link, action, at } => client::link(&at.path(), &link, action.into()),
+        Command::Explain { config, args } => explain::run(&config.config, &args),
         Command::Demo => demo::run(),
     };
     match result {
@@ -195,6 +213,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::Events { .. } => "events",
         Command::Reload(_) => "reload",
         Command::Link { .. } => "link",
+        Command::Explain { .. } => "explain",
         Command::Demo => "demo",
     }
 }

@@ -2,9 +2,10 @@
 
 use std::path::Path;
 
+use super::common::with_carrier_states;
 use super::{CliResult, Failure};
 use crate::config;
-use crate::plan::{self, Facts, LinkState, LinkStates, PlanInput};
+use crate::plan::{self, LinkState, LinkStates, PlanInput};
 use crate::render;
 use crate::state::StateDir;
 
@@ -33,21 +34,4 @@ pub fn run(config_path: &Path, down: &[String]) -> CliResult {
     });
     print!("{}", render::plan_script(&config, &desired));
     Ok(0)
-}
-
-/// `apply` and `plan` take a link without carrier as down: installing it in service
-/// would send connections into a dead wire.
-pub(super) fn with_carrier_states(
-    mut states: LinkStates,
-    config: &config::Config,
-    facts: &Facts,
-) -> LinkStates {
-    for link in &config.links {
-        if let Some(f) = facts.interfaces.get(&link.interface) {
-            if !f.carrier {
-                states.entry(link.name.clone()).or_insert(LinkState::Down);
-            }
-        }
-    }
-    states
 }

@@ -7,15 +7,13 @@ pub mod duration;
 pub mod error;
 pub mod model;
 mod raw;
+pub mod rule_order;
 mod validate;
 
 use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
-
-/// Where user names in rules are resolved.
-const PASSWD: &str = "/etc/passwd";
 
 /// Reads and validates the config file at `path`.
 ///
@@ -34,7 +32,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Validates config text; `path` is only used in messages and as `Config::path`.
 ///
-/// User names in rules (`user = "openvpn"`) are resolved through `/etc/passwd`.
+/// User names in rules (`user = "openvpn"`) are resolved through the system's user
+/// database (NSS).
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
-    validate::parse_with(text, path, &validate::PasswdFile(PASSWD.into()))
+    validate::parse_with(text, path, &validate::SystemUsers)
 }

@@ -78,6 +78,9 @@ pub struct Link {
     /// 1..=256.
     pub weight: u32,
     pub masquerade: bool,
+    /// SNAT IPv4 to this address instead of masquerading to the interface's primary
+    /// one (an HA pair's shared address, SPEC §6); only with `masquerade`.
+    pub snat_to: Option<Ipv4Addr>,
     pub masquerade6: bool,
     pub npt6: Option<Npt6>,
     pub mss_clamp: bool,
@@ -133,6 +136,12 @@ pub enum Probe {
     Http {
         urls: Vec<String>,
     },
+    /// `https://` URLs, the server's certificate verified for the URL's host.
+    Https {
+        urls: Vec<String>,
+        /// PEM trust anchors; `None`: the system's (`/etc/ssl/certs`).
+        ca_file: Option<std::path::PathBuf>,
+    },
     Dns {
         resolvers: Vec<IpAddr>,
         query: String,
@@ -148,7 +157,7 @@ impl Probe {
     pub fn target_count(&self) -> usize {
         match self {
             Probe::Icmp { targets } | Probe::Tcp { targets, .. } => targets.len(),
-            Probe::Http { urls } => urls.len(),
+            Probe::Http { urls } | Probe::Https { urls, .. } => urls.len(),
             Probe::Dns { resolvers, .. } => resolvers.len(),
             Probe::Arp => 1,
             Probe::None => 0,

@@ -47,6 +47,7 @@ pub struct RawLink {
     pub priority: Option<Spanned<Int>>,
     pub weight: Option<Spanned<Int>>,
     pub masquerade: Option<bool>,
+    pub snat_to: Option<Spanned<String>>,
     pub masquerade6: Option<Spanned<bool>>,
     pub npt6: Option<Spanned<RawNpt6>>,
     pub mss_clamp: Option<bool>,
@@ -75,6 +76,7 @@ pub struct RawCheck {
     pub targets: Option<Spanned<Vec<Spanned<String>>>>,
     pub port: Option<Spanned<Int>>,
     pub query: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
     pub interval: Option<Spanned<DurationStr>>,
     pub timeout: Option<Spanned<DurationStr>>,
     pub min_targets: Option<Spanned<Int>>,
@@ -128,7 +130,7 @@ pub struct RawRule {
     pub cgroup: Option<Spanned<String>>,
     pub policy: Option<Spanned<String>>,
     pub fallback: Option<Spanned<String>>,
-    pub log: Option<bool>,
+    pub log: Option<Spanned<bool>>,
 }
 
 /// A TOML integer, kept as written (range checks happen in validation).

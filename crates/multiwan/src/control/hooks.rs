@@ -146,10 +146,7 @@ fn discover(dir: &Path) -> Vec<PathBuf> {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
         Err(e) => {
-            eprintln!(
-                "multiwan: hooks: cannot read {}: {e}; no hooks run",
-                dir.display()
-            );
+            tracing::warn!("hooks: cannot read {}: {e}; no hooks run", dir.display());
             return Vec::new();
         }
     };
@@ -168,7 +165,7 @@ fn discover(dir: &Path) -> Vec<PathBuf> {
             Verdict::Run => hooks.push(path),
             Verdict::Skip => {}
             Verdict::Refuse(why) => {
-                eprintln!("multiwan: hook {} refused: {why}", path.display())
+                tracing::warn!("hook {} refused: {why}", path.display())
             }
         }
     }
@@ -196,10 +193,7 @@ async fn run_one(hook: &Path, job: &Job) {
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!(
-                "multiwan: hook {name} ({what}): cannot start {}: {e}",
-                hook.display()
-            );
+            tracing::warn!("hook {name} ({what}): cannot start {}: {e}", hook.display());
             return;
         }
     };
@@ -229,19 +223,19 @@ async fn run_one(hook: &Path, job: &Job) {
     let output = match result {
         Some(Ok(out)) => Some(out),
         Some(Err(e)) => {
-            eprintln!("multiwan: hook {name} ({what}): waiting for it failed: {e}");
+            tracing::warn!("hook {name} ({what}): waiting for it failed: {e}");
             None
         }
         None => None,
     };
     if let Some(out) = &output {
         for line in printable_lines(&out.stdout).chain(printable_lines(&out.stderr)) {
-            eprintln!("multiwan: hook {name} ({what}): {line}");
+            tracing::info!("hook {name} ({what}): {line}");
         }
     }
     if killed {
-        eprintln!(
-            "multiwan: hook {name} ({what}): still running after hook_timeout {:?}, killed",
+        tracing::warn!(
+            "hook {name} ({what}): still running after hook_timeout {:?}, killed",
             job.timeout
         );
         return;
@@ -249,10 +243,10 @@ async fn run_one(hook: &Path, job: &Job) {
     if let Some(out) = output {
         let ms = took.as_secs_f64() * 1e3;
         if out.status.success() {
-            eprintln!("multiwan: hook {name} ({what}): exit 0 in {ms:.0} ms");
+            tracing::info!("hook {name} ({what}): exit 0 in {ms:.0} ms");
         } else {
-            eprintln!(
-                "multiwan: hook {name} ({what}): failed ({}) in {ms:.0} ms",
+            tracing::warn!(
+                "hook {name} ({what}): failed ({}) in {ms:.0} ms",
                 out.status
             );
         }

@@ -5,12 +5,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::api::DaemonHandle;
 use anyhow::{Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
-
-use super::Request;
 
 /// A request head larger than this is refused.
 const MAX_HEAD: usize = 8 * 1024;
@@ -30,12 +28,12 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 }
 
 /// Serves scrapes until the daemon's request channel closes.
-pub async fn serve(listener: TcpListener, daemon: mpsc::Sender<Request>) {
+pub async fn serve(listener: TcpListener, daemon: DaemonHandle) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
-                eprintln!("multiwan: metrics: accept failed: {e}");
+                tracing::warn!("metrics: accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -47,7 +45,7 @@ pub async fn serve(listener: TcpListener, daemon: mpsc::Sender<Request>) {
     }
 }
 
-async fn connection(mut stream: TcpStream, daemon: mpsc::Sender<Request>) {
+async fn connection(mut stream: TcpStream, daemon: DaemonHandle) {
     let head = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
         Ok(Some(head)) => head,
         _ => return,
@@ -57,23 +55,15 @@ async fn connection(mut stream: TcpStream, daemon: mpsc::Sender<Request>) {
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
     let response = match (method, path) {
-        ("GET" | "HEAD", "/metrics") => {
-            let (tx, rx) = oneshot::channel();
-            let body = if daemon.send(Request::Metrics(tx)).await.is_ok() {
-                rx.await.ok()
-            } else {
-                None
-            };
-            match body {
-                Some(body) => response("200 OK", CONTENT_TYPE, &body, method == "HEAD"),
-                None => response(
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "the daemon is stopping\n",
-                    false,
-                ),
-            }
-        }
+        ("GET" | "HEAD", "/metrics") => match daemon.metrics().await.ok() {
+            Some(body) => response("200 OK", CONTENT_TYPE, &body, method == "HEAD"),
+            None => response(
+                "503 Service Unavailable",
+                "text/plain",
+                "the daemon is stopping\n",
+                false,
+            ),
+        },
         ("GET" | "HEAD", _) => response(
             "404 Not Found",
             "text/plain",

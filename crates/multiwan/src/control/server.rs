@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::broadcast;
 
-use super::{ClientRequest, Reply, Request, REQUEST_TIMEOUT};
+use super::REQUEST_TIMEOUT;
+use crate::api::{ClientRequest, DaemonHandle, Refusal, Reply};
 
 /// A request line longer than this is not a request.
 const MAX_REQUEST: usize = 64 * 1024;
@@ -35,7 +36,7 @@ impl Drop for ControlSocket {
 pub fn bind(path: &Path) -> Result<ControlSocket> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            if super::client::daemon_listens(path) {
                 bail!(
                     "another multiwan daemon answers on {}: stop it first (two daemons \
                      would fight over the same kernel state), or give this one its own \
@@ -45,10 +46,7 @@ pub fn bind(path: &Path) -> Result<ControlSocket> {
             }
             std::fs::remove_file(path)
                 .with_context(|| format!("removing the stale socket {}", path.display()))?;
-            eprintln!(
-                "multiwan: removed the stale control socket {}",
-                path.display()
-            );
+            tracing::info!("removed the stale control socket {}", path.display());
         }
         Ok(_) => bail!(
             "{} exists and is not a socket: move it away, or set settings.socket to \
@@ -88,12 +86,12 @@ pub fn bind(path: &Path) -> Result<ControlSocket> {
 }
 
 /// Serves clients until the daemon's request channel closes.
-pub async fn serve(socket: ControlSocket, daemon: mpsc::Sender<Request>) {
+pub async fn serve(socket: ControlSocket, daemon: DaemonHandle) {
     loop {
         let stream = match socket.listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
-                eprintln!("multiwan: control socket: accept failed: {e}");
+                tracing::warn!("control socket: accept failed: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
@@ -105,7 +103,7 @@ pub async fn serve(socket: ControlSocket, daemon: mpsc::Sender<Request>) {
     }
 }
 
-async fn client(stream: UnixStream, daemon: mpsc::Sender<Request>) {
+async fn client(stream: UnixStream, daemon: DaemonHandle) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = String::new();
@@ -117,7 +115,7 @@ async fn client(stream: UnixStream, daemon: mpsc::Sender<Request>) {
     let reply = match read {
         Err(_) | Ok(Err(_)) | Ok(Ok(0)) => return,
         Ok(Ok(_)) => match serde_json::from_str::<ClientRequest>(line.trim()) {
-            Err(e) => Reply::refused(super::Refusal::usage(format!(
+            Err(e) => Reply::refused(Refusal::usage(format!(
                 "not a multiwan request ({e}); use the multiwan command of the same version"
             ))),
             Ok(ClientRequest::Events) => {
@@ -131,56 +129,15 @@ async fn client(stream: UnixStream, daemon: mpsc::Sender<Request>) {
     let _ = write.shutdown().await;
 }
 
-fn gone() -> Reply {
-    Reply::refused(super::Refusal::runtime("the daemon is stopping"))
-}
-
-async fn answer(request: ClientRequest, daemon: &mpsc::Sender<Request>) -> Reply {
+async fn answer(request: ClientRequest, daemon: &DaemonHandle) -> Reply {
     match request {
-        ClientRequest::Status => {
-            let (tx, rx) = oneshot::channel();
-            if daemon.send(Request::Status(tx)).await.is_err() {
-                return gone();
-            }
-            match rx.await {
-                Ok(status) => Reply {
-                    ok: Some(true),
-                    status: Some(status),
-                    ..Reply::default()
-                },
-                Err(_) => gone(),
-            }
-        }
-        ClientRequest::Reload => {
-            let (tx, rx) = oneshot::channel();
-            if daemon.send(Request::Reload(tx)).await.is_err() {
-                return gone();
-            }
-            outcome(rx.await)
-        }
-        ClientRequest::Link { link, action } => {
-            let (tx, rx) = oneshot::channel();
-            let req = Request::Link {
-                link,
-                action,
-                reply: tx,
-            };
-            if daemon.send(req).await.is_err() {
-                return gone();
-            }
-            outcome(rx.await)
-        }
+        ClientRequest::Status => match daemon.status().await {
+            Ok(status) => Reply::status(status),
+            Err(gone) => Reply::refused(gone.into()),
+        },
+        ClientRequest::Reload => Reply::outcome(daemon.reload().await),
+        ClientRequest::Link { link, action } => Reply::outcome(daemon.link(link, action).await),
         ClientRequest::Events => unreachable!("served by events()"),
-    }
-}
-
-fn outcome(
-    r: std::result::Result<std::result::Result<String, super::Refusal>, oneshot::error::RecvError>,
-) -> Reply {
-    match r {
-        Ok(Ok(message)) => Reply::message(message),
-        Ok(Err(refusal)) => Reply::refused(refusal),
-        Err(_) => gone(),
     }
 }
 
@@ -188,16 +145,16 @@ fn outcome(
 async fn events(
     mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
     mut write: tokio::net::unix::OwnedWriteHalf,
-    daemon: mpsc::Sender<Request>,
+    daemon: DaemonHandle,
 ) {
-    let (tx, rx) = oneshot::channel();
-    if daemon.send(Request::Subscribe(tx)).await.is_err() {
-        let _ = write.write_all(gone().to_line().as_bytes()).await;
-        return;
-    }
-    let Ok(mut events) = rx.await else {
-        let _ = write.write_all(gone().to_line().as_bytes()).await;
-        return;
+    let mut events = match daemon.subscribe().await {
+        Ok(events) => events,
+        Err(gone) => {
+            let _ = write
+                .write_all(Reply::refused(gone.into()).to_line().as_bytes())
+                .await;
+            return;
+        }
     };
     if write
         .write_all(Reply::message("subscribed").to_line().as_bytes())

@@ -12,7 +12,7 @@ use crate::config::{Gateway, Link, Settings};
 use crate::health::{InterfaceStatus, LinkHealth, Round, Transition};
 use crate::plan::marks::MarkLayout;
 use crate::plan::{Facts, LinkState};
-use crate::probe::{self, ProbeEndpoint, RoundReport};
+use crate::probe::{self, ProbeEndpoint, ProbeOutcome, RoundReport};
 
 pub(super) struct LinkRuntime {
     pub link: Link,
@@ -82,7 +82,7 @@ impl LinkRuntime {
         self.last_report = now;
         self.prober = self.link.check.clone().map(|c| {
             if let Err(e) = probe::check_supported(&c) {
-                eprintln!("multiwan: link {}: {e}", self.link.name);
+                tracing::warn!("link {}: {e}", self.link.name);
             }
             probe::spawn_link_prober(
                 self.link.name.clone(),
@@ -131,8 +131,8 @@ impl LinkRuntime {
         if !ended && !silent {
             return None;
         }
-        eprintln!(
-            "multiwan: link {}: prober {}; restarting it",
+        tracing::warn!(
+            "link {}: prober {}; restarting it",
             self.link.name,
             if ended {
                 "stopped".to_string()
@@ -273,6 +273,10 @@ fn to_round(report: &RoundReport) -> Round {
         rtts,
         good: report.good,
         per_target,
+        failure: report.outcomes.iter().find_map(|(_, o)| match o {
+            ProbeOutcome::Failed(why) => Some(why.clone()),
+            _ => None,
+        }),
     }
 }
 

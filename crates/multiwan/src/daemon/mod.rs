@@ -20,10 +20,11 @@ use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{broadcast, mpsc, watch};
 
+use crate::api::{self, DaemonHandle, Event};
 use crate::config::{self, Config, OnExit};
+use crate::control;
 use crate::control::hooks::Hooks;
 use crate::control::metrics::Metrics;
-use crate::control::{self as control, Request};
 use crate::health::Transition;
 use crate::kernel::events::{self, KernelEvent};
 use crate::kernel::{Kernel, Ownership};
@@ -37,17 +38,6 @@ use report::{Counters, Files};
 /// How often the daemon reads back everything it owns and repairs drift (kernel events
 /// catch damage at once; this catches what no event reports).
 const VERIFY_EVERY: Duration = Duration::from_secs(300);
-
-/// A state change as `multiwan events` shows it. `from` is `none` for a link that a
-/// reload added.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Event {
-    pub time: String,
-    pub link: String,
-    pub from: String,
-    pub to: String,
-    pub reason: String,
-}
 
 /// The running daemon.
 pub struct Daemon {
@@ -67,7 +57,7 @@ pub struct Daemon {
     /// Wall-clock and monotonic time at start, to print `since` as RFC 3339.
     epoch: (Instant, SystemTime),
     /// Where the control socket and the metrics listener send their requests.
-    requests: mpsc::Sender<Request>,
+    requests: DaemonHandle,
     metrics: Metrics,
     metrics_server: Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>,
     hooks: Hooks,
@@ -95,7 +85,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     crate::preflight::check_forwarding(&config)?;
     // Before anything is touched: a second daemon on the same instance stops here.
     let socket = control::server::bind(&config.settings.socket)?;
-    let (requests, requests_rx) = mpsc::channel(64);
+    let (requests, requests_rx) = api::channel(64);
     // Handled from here on (a SIGHUP during start would otherwise end the process);
     // served once the loop runs.
     let signals = Signals {
@@ -169,7 +159,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
 struct Inputs {
     kernel: mpsc::Receiver<KernelEvent>,
     reports: mpsc::Receiver<RoundReport>,
-    requests: mpsc::Receiver<Request>,
+    requests: mpsc::Receiver<api::Request>,
     signals: Signals,
 }
 

@@ -20,7 +20,7 @@ fn send(message: &str) {
         sock.send_to(message.as_bytes(), &path)
     };
     if let Err(e) = result {
-        eprintln!("multiwan: sd_notify failed: {e}");
+        tracing::warn!("sd_notify failed: {e}");
     }
 }
 

@@ -43,14 +43,28 @@
 
 use std::time::Instant;
 
-use crate::config::{Gateway, Link, Settings};
+use crate::api::{Event, LinkAction, Refusal, Request};
+use crate::config::{Config, Gateway, Link, Settings};
 use crate::control::hooks::HookEvent;
-use crate::control::{http, LinkAction, Refusal, Request};
+use crate::control::http;
 use crate::health::{Override, Transition};
 use crate::plan::LinkState;
 
 use super::links::LinkRuntime;
-use super::{Daemon, Event};
+use super::Daemon;
+use reload_diff::{LinkChange, ReloadDiff};
+
+mod reload_diff;
+
+/// Runtimes a reload took away or made, and the transitions it caused.
+#[derive(Default)]
+struct Reloaded {
+    /// Links whose runtime is gone: (link as configured before, mark, state, why).
+    gone: Vec<(Link, u32, LinkState, &'static str)>,
+    /// Links with a new runtime: their state at start is their first event.
+    fresh: Vec<String>,
+    transitions: Vec<Transition>,
+}
 
 impl Daemon {
     /// Serves one request from the control socket or the metrics listener.
@@ -88,11 +102,11 @@ impl Daemon {
         };
         match http::bind(addr).await {
             Ok(listener) => {
-                eprintln!("multiwan: metrics on http://{addr}/metrics");
+                tracing::info!("metrics on http://{addr}/metrics");
                 let task = tokio::spawn(http::serve(listener, self.requests.clone()));
                 self.metrics_server = Some((addr, task));
             }
-            Err(e) => eprintln!("multiwan: {e:#}; running without metrics"),
+            Err(e) => tracing::warn!("{e:#}; running without metrics"),
         }
     }
 
@@ -102,9 +116,9 @@ impl Daemon {
         let result = self.try_reload().await;
         super::notify::ready(&self.summary());
         match &result {
-            Ok(message) => eprintln!("multiwan: {origin}: {message}"),
-            Err(r) => eprintln!(
-                "multiwan: {origin}: refused: {}",
+            Ok(message) => tracing::info!("{origin}: {message}"),
+            Err(r) => tracing::error!(
+                "{origin}: refused: {}",
                 r.message.trim_end().replace('\n', "; ")
             ),
         }
@@ -112,137 +126,24 @@ impl Daemon {
     }
 
     async fn try_reload(&mut self) -> Result<String, Refusal> {
-        let path = self.config.path.clone();
-        let new = crate::config::load(&path).map_err(|e| {
+        let new = crate::config::load(&self.config.path).map_err(|e| {
             Refusal::usage(format!(
                 "{e}\nthe new config has errors: nothing changed, the running config stays"
             ))
         })?;
-        let fixed = fixed_settings_changed(&self.config.settings, &new.settings);
-        if !fixed.is_empty() {
-            return Err(Refusal::usage(format!(
-                "{} changed: that needs `multiwan flush` and a restart of the daemon; \
-                 nothing changed, the running config stays",
-                fixed.join(", ")
-            )));
-        }
+        let diff =
+            ReloadDiff::new(&self.config, &new).map_err(|e| Refusal::usage(e.to_string()))?;
         crate::preflight::check_forwarding(&new)
             .map_err(|e| Refusal::runtime(format!("{e:#}; the running config stays")))?;
 
         let now = Instant::now();
-        let mut notes = Vec::new();
-        // Links whose runtime is gone: (link as configured before, state, why).
-        let mut gone: Vec<(Link, u32, LinkState, &'static str)> = Vec::new();
-        // Links with a new runtime: their state at start is their first event.
-        let mut fresh: Vec<String> = Vec::new();
-        let mut transitions: Vec<Transition> = Vec::new();
-
-        let names: Vec<String> = self.links.keys().cloned().collect();
-        for name in names {
-            let wanted = new.link(&name).filter(|l| l.enabled).cloned();
-            let rt = &self.links[&name];
-            match wanted {
-                None => {
-                    let why = if new.link(&name).is_some() {
-                        "disabled in the config"
-                    } else {
-                        "removed from the config"
-                    };
-                    let rt = self.links.remove(&name).expect("listed");
-                    gone.push((rt.link.clone(), rt.mark, rt.health.state(), why));
-                    notes.push(format!("{why}: {name}"));
-                }
-                Some(l) if l.interface != rt.link.interface || l.id != rt.link.id => {
-                    let old = self.links.remove(&name).expect("listed");
-                    notes.push(format!(
-                        "re-created {name} (interface {} -> {}, id {} -> {})",
-                        old.link.interface, l.interface, old.link.id, l.id
-                    ));
-                    let mut rt = self.new_runtime(&l, &new.settings, now);
-                    let _ = rt.health.set_override(now, old.health.operator_override());
-                    self.links.insert(name.clone(), rt);
-                    fresh.push(name.clone());
-                    gone.push((
-                        old.link.clone(),
-                        old.mark,
-                        old.health.state(),
-                        "re-created by reload",
-                    ));
-                }
-                Some(l) if l != rt.link => {
-                    let reports = self.reports_tx.clone();
-                    let rt = self.links.get_mut(&name).expect("listed");
-                    let mut what = changed_fields(&rt.link, &l);
-                    if l.check != rt.link.check {
-                        transitions.extend(rt.set_check(now, l.check.clone(), reports));
-                        what.push("check");
-                    }
-                    rt.link = l;
-                    rt.update_endpoint(&self.facts);
-                    notes.push(format!("changed {name} ({})", what.join(", ")));
-                }
-                Some(_) => {}
-            }
-        }
-        for l in new.links.iter().filter(|l| l.enabled) {
-            if !self.links.contains_key(&l.name) {
-                let rt = self.new_runtime(l, &new.settings, now);
-                self.links.insert(l.name.clone(), rt);
-                fresh.push(l.name.clone());
-                notes.push(format!("added {}", l.name));
-            }
-        }
-        // New runtimes and changed gateways see the interfaces as they are now; for a
-        // fresh runtime that is its initial state, not a change.
-        for t in self.observe_interfaces(now) {
-            if !fresh.contains(&t.link) {
-                transitions.push(t);
-            }
-        }
-
-        let metrics_moved = self.config.settings.metrics != new.settings.metrics;
-        if self.config.settings.socket != new.settings.socket {
-            notes.push(format!(
-                "settings.socket changes to {} at the next restart (still {})",
-                new.settings.socket.display(),
-                self.config.settings.socket.display()
-            ));
-        }
+        let reloaded = self.reload_links(&diff, &new, now);
         self.config = new;
-        if metrics_moved {
+        if diff.metrics_moved {
             self.start_metrics().await;
         }
-
         // Tell what happened, then apply once, then act.
-        for (link, _, state, why) in &gone {
-            if fresh.contains(&link.name) {
-                continue;
-            }
-            self.metrics.forget(&link.name);
-            eprintln!("multiwan: link {}: {state} -> disabled ({why})", link.name);
-            let _ = self.events.send(Event {
-                time: crate::status::rfc3339(self.wall(now)),
-                link: link.name.clone(),
-                from: state.to_string(),
-                to: LinkState::Disabled.to_string(),
-                reason: why.to_string(),
-            });
-        }
-        for name in &fresh {
-            let rt = &self.links[name];
-            let (state, reason) = (rt.health.state(), rt.health.reason().to_string());
-            eprintln!("multiwan: link {name}: none -> {state} (added by reload: {reason})");
-            let _ = self.events.send(Event {
-                time: crate::status::rfc3339(self.wall(now)),
-                link: name.clone(),
-                from: "none".into(),
-                to: state.to_string(),
-                reason: format!("added by reload: {reason}"),
-            });
-        }
-        for t in &transitions {
-            self.log_transition(t);
-        }
+        self.announce_reload(&reloaded, now);
 
         // A full apply: read the kernel back and repair any drift (a firewall reload
         // that flushed the ruleset, a hand-deleted rule), even when the plan is unchanged.
@@ -256,30 +157,122 @@ impl Daemon {
                  kernel state stays in force and is retried on the next change"
             )));
         }
+        self.after_reload(&reloaded).await;
+        Ok(format!(
+            "reloaded {}: {}",
+            self.config.path.display(),
+            diff.summary()
+        ))
+    }
+
+    /// Carries out the link changes of a reload on the runtimes (not yet the kernel).
+    fn reload_links(&mut self, diff: &ReloadDiff, new: &Config, now: Instant) -> Reloaded {
+        let mut r = Reloaded::default();
+        for change in &diff.links {
+            let name = change.name();
+            let configured = || {
+                new.link(name)
+                    .expect("the diff names links of the new file")
+            };
+            match change {
+                LinkChange::Gone { why, .. } => {
+                    let rt = self.links.remove(name).expect("a running link");
+                    r.gone
+                        .push((rt.link.clone(), rt.mark, rt.health.state(), why.as_str()));
+                }
+                LinkChange::Recreated { .. } => {
+                    let old = self.links.remove(name).expect("a running link");
+                    let mut rt = self.new_runtime(configured(), &new.settings, now);
+                    let _ = rt.health.set_override(now, old.health.operator_override());
+                    self.links.insert(name.to_string(), rt);
+                    r.fresh.push(name.to_string());
+                    r.gone.push((
+                        old.link.clone(),
+                        old.mark,
+                        old.health.state(),
+                        "re-created by reload",
+                    ));
+                }
+                LinkChange::Changed { check, .. } => {
+                    let l = configured().clone();
+                    let reports = self.reports_tx.clone();
+                    let rt = self.links.get_mut(name).expect("a running link");
+                    if *check {
+                        r.transitions
+                            .extend(rt.set_check(now, l.check.clone(), reports));
+                    }
+                    rt.link = l;
+                    rt.update_endpoint(&self.facts);
+                }
+                LinkChange::Added { .. } => {
+                    let rt = self.new_runtime(configured(), &new.settings, now);
+                    self.links.insert(name.to_string(), rt);
+                    r.fresh.push(name.to_string());
+                }
+            }
+        }
+        // New runtimes and changed gateways see the interfaces as they are now; for a
+        // fresh runtime that is its initial state, not a change.
+        for t in self.observe_interfaces(now) {
+            if !r.fresh.contains(&t.link) {
+                r.transitions.push(t);
+            }
+        }
+        r
+    }
+
+    /// Log lines, metrics and `events` for what a reload did to the links.
+    fn announce_reload(&mut self, r: &Reloaded, now: Instant) {
+        for (link, _, state, why) in &r.gone {
+            if r.fresh.contains(&link.name) {
+                continue;
+            }
+            self.metrics.forget(&link.name);
+            tracing::info!("link {}: {state} -> disabled ({why})", link.name);
+            let _ = self.events.send(Event {
+                time: crate::status::rfc3339(self.wall(now)),
+                link: link.name.clone(),
+                from: state.to_string(),
+                to: LinkState::Disabled.to_string(),
+                reason: why.to_string(),
+            });
+        }
+        for name in &r.fresh {
+            let rt = &self.links[name];
+            let (state, reason) = (rt.health.state(), rt.health.reason().to_string());
+            tracing::info!("link {name}: none -> {state} (added by reload: {reason})");
+            let _ = self.events.send(Event {
+                time: crate::status::rfc3339(self.wall(now)),
+                link: name.clone(),
+                from: "none".into(),
+                to: state.to_string(),
+                reason: format!("added by reload: {reason}"),
+            });
+        }
+        for t in &r.transitions {
+            self.log_transition(t);
+        }
+    }
+
+    /// Once the reloaded plan is installed: conntrack flushes and hooks.
+    async fn after_reload(&mut self, r: &Reloaded) {
         let mask = self.config.settings.mark_mask;
-        for (link, mark, state, _) in &gone {
+        for (link, mark, state, _) in &r.gone {
             // Removed: the mark no longer routes. Re-created: the connections were
             // set up (source address, NAT) for the old interface or mark.
             self.flush_connections(&link.name, *mark, mask);
-            if !fresh.contains(&link.name) {
+            if !r.fresh.contains(&link.name) {
                 let ev = self.hook_event(link, LinkState::Disabled.as_str(), state.as_str());
                 self.queue_hook(ev);
             }
         }
-        for name in &fresh {
+        for name in &r.fresh {
             let rt = &self.links[name];
             let ev = self.hook_event(&rt.link, rt.health.state().as_str(), "none");
             self.queue_hook(ev);
         }
-        self.after_apply(&transitions);
+        self.after_apply(&r.transitions);
         self.write_status();
-
-        let what = if notes.is_empty() {
-            "no link changed".to_string()
-        } else {
-            notes.join("; ")
-        };
-        Ok(format!("reloaded {}: {what}", self.config.path.display()))
     }
 
     fn new_runtime(&self, link: &Link, settings: &Settings, now: Instant) -> LinkRuntime {
@@ -330,7 +323,7 @@ impl Daemon {
         match t {
             Some(t) => self.act(vec![t]).await,
             None => {
-                eprintln!("multiwan: operator: {message}");
+                tracing::info!("operator: {message}");
                 self.write_status();
             }
         }
@@ -396,58 +389,4 @@ impl Daemon {
             self.queue_hook(e);
         }
     }
-}
-
-/// The settings a reload must not change, as "key old -> new".
-fn fixed_settings_changed(old: &Settings, new: &Settings) -> Vec<String> {
-    let mut out = Vec::new();
-    if old.mark_mask != new.mark_mask {
-        out.push(format!(
-            "settings.mark_mask ({:#x} -> {:#x})",
-            old.mark_mask, new.mark_mask
-        ));
-    }
-    if old.table_base != new.table_base {
-        out.push(format!(
-            "settings.table_base ({} -> {})",
-            old.table_base, new.table_base
-        ));
-    }
-    if old.rule_priority != new.rule_priority {
-        out.push(format!(
-            "settings.rule_priority ({} -> {})",
-            old.rule_priority, new.rule_priority
-        ));
-    }
-    if old.nft_table != new.nft_table {
-        out.push(format!(
-            "settings.nft_table ({:?} -> {:?})",
-            old.nft_table, new.nft_table
-        ));
-    }
-    out
-}
-
-/// Names of the keys (other than `check`) that differ between two versions of a link.
-fn changed_fields(old: &Link, new: &Link) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    let mut diff = |name, differs: bool| {
-        if differs {
-            out.push(name);
-        }
-    };
-    diff("gateway", old.gateway != new.gateway);
-    diff("gateway6", old.gateway6 != new.gateway6);
-    diff("priority", old.priority != new.priority);
-    diff("weight", old.weight != new.weight);
-    diff("masquerade", old.masquerade != new.masquerade);
-    diff("masquerade6", old.masquerade6 != new.masquerade6);
-    diff("npt6", old.npt6 != new.npt6);
-    diff("mss_clamp", old.mss_clamp != new.mss_clamp);
-    diff("flush_on_down", old.flush_on_down != new.flush_on_down);
-    diff(
-        "flush_on_recover",
-        old.flush_on_recover != new.flush_on_recover,
-    );
-    out
 }

@@ -114,8 +114,8 @@ impl Daemon {
                 }
                 KernelEvent::Nft { table_deleted } => {
                     if table_deleted && self.installed.is_some() {
-                        eprintln!(
-                            "multiwan: nft table inet {} was deleted by someone else (a \
+                        tracing::warn!(
+                            "nft table inet {} was deleted by someone else (a \
                              firewall reload's `flush ruleset`?): restoring it",
                             self.config.settings.nft_table
                         );
@@ -123,8 +123,8 @@ impl Daemon {
                     self.repair.damaged("nft", now);
                 }
                 KernelEvent::Overflow { socket } => {
-                    eprintln!(
-                        "multiwan: {socket} events were lost (socket buffer full): reading \
+                    tracing::warn!(
+                        "{socket} events were lost (socket buffer full): reading \
                          the interfaces and everything installed again"
                     );
                     self.metrics.repair("overflow");
@@ -169,7 +169,7 @@ impl Daemon {
         let facts = match self.kernel.read_facts().await {
             Ok(f) => f,
             Err(e) => {
-                eprintln!("multiwan: reading interfaces failed: {e:#}");
+                tracing::warn!("reading interfaces failed: {e:#}");
                 return;
             }
         };
@@ -242,8 +242,8 @@ impl Daemon {
             Err(e) if fast => {
                 // What we installed last may not be what the kernel holds (a flushed
                 // nft table): read it all back and apply in full, at once.
-                eprintln!(
-                    "multiwan: {why}: applying the change failed: {e:#}; reading the \
+                tracing::warn!(
+                    "{why}: applying the change failed: {e:#}; reading the \
                      kernel back and applying in full"
                 );
                 self.metrics.repair("apply_failed");
@@ -272,8 +272,8 @@ impl Daemon {
     fn applied(&mut self, why: &str, started: Instant, desired: Desired, report: &ApplyReport) {
         self.verify_next = false;
         if report.changed {
-            eprintln!(
-                "multiwan: {why}: applied {} changes in {:.1} ms: {}",
+            tracing::info!(
+                "{why}: applied {} changes in {:.1} ms: {}",
                 report.count(),
                 started.elapsed().as_secs_f64() * 1e3,
                 report.changes.join("; ")
@@ -290,8 +290,8 @@ impl Daemon {
             self.repair.last_repair = Some((what.join(", "), Instant::now()));
         }
         if self.repair.failures > 0 {
-            eprintln!(
-                "multiwan: {why}: applied after {} failed attempts",
+            tracing::info!(
+                "{why}: applied after {} failed attempts",
                 self.repair.failures
             );
             self.repair.failures = 0;
@@ -315,8 +315,8 @@ impl Daemon {
         self.repair.retry_at = Some(Instant::now() + delay);
         self.repair.last_error = Some(format!("{why}: {e}"));
         self.force_verify();
-        eprintln!(
-            "multiwan: {why}: apply failed ({} in a row): {e}; the previous state stays in \
+        tracing::error!(
+            "{why}: apply failed ({} in a row): {e}; the previous state stays in \
              force, retrying with a full read-back in {} ms",
             self.repair.failures,
             delay.as_millis()
@@ -426,9 +426,9 @@ impl Daemon {
         let link = link.to_string();
         tokio::task::spawn_blocking(move || {
             match crate::kernel::conntrack::delete_by_mark(mark, mask) {
-                Ok(n) => eprintln!("multiwan: link {link}: deleted {n} conntrack entries"),
+                Ok(n) => tracing::info!("link {link}: deleted {n} conntrack entries"),
                 Err(e) => {
-                    eprintln!("multiwan: link {link}: deleting conntrack entries failed: {e:#}")
+                    tracing::warn!("link {link}: deleting conntrack entries failed: {e:#}")
                 }
             }
         });

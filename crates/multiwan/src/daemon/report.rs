@@ -55,11 +55,8 @@ impl Counters {
             tokio::time::sleep_until((t + COUNTERS_EVERY).into()).await;
         }
         let started = Instant::now();
-        let table = self.table.clone();
-        let read = tokio::task::spawn_blocking(move || crate::kernel::nft::read_counters(&table))
-            .await
-            .ok()
-            .and_then(|r| r.ok());
+        // `nft` runs as an async child process: this task waits, the loop does not.
+        let read = crate::kernel::nft::read_counters(&self.table).await.ok();
         *last = Some(started);
         if let (Some(values), Ok(mut cache)) = (read, self.cache.lock()) {
             *cache = values;
@@ -96,7 +93,7 @@ impl Files {
         let (dir, name) = (self.dir.clone(), name.to_string());
         self.run(move || {
             if let Err(e) = dir.write_atomic(&name, &content) {
-                eprintln!("multiwan: writing {name}: {e:#}");
+                tracing::warn!("writing {name}: {e:#}");
             }
         });
     }
@@ -105,7 +102,7 @@ impl Files {
         let dir = self.dir.clone();
         self.run(move || {
             if let Err(e) = dir.save_link_states(&states) {
-                eprintln!("multiwan: saving link states: {e:#}");
+                tracing::warn!("saving link states: {e:#}");
             }
         });
     }

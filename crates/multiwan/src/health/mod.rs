@@ -88,6 +88,10 @@ pub struct Round {
     pub good: bool,
     /// Per target (as the status shows it), its RTT or `None` when lost.
     pub per_target: Vec<(String, Option<Duration>)>,
+    /// Why the round's first failed probe failed, in the prober's words ("…: certificate
+    /// not valid for name X"); `None` when nothing failed outright (answers, timeouts).
+    /// Ends the reason of a link taken down by bad rounds.
+    pub failure: Option<String>,
 }
 
 /// What netlink says about the link's interface now.
@@ -293,10 +297,14 @@ impl LinkHealth {
         }
         match self.auto {
             LinkState::Up | LinkState::Degraded if self.bad >= down_after => {
-                let reason = format!(
+                let mut reason = format!(
                     "{} bad rounds ({}/{} targets answered)",
                     self.bad, round.answered, round.sent
                 );
+                if let Some(failure) = &round.failure {
+                    reason.push_str(": ");
+                    reason.push_str(failure);
+                }
                 self.go_down(now, reason, true);
             }
             LinkState::Up => {

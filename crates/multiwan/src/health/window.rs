@@ -164,6 +164,7 @@ mod tests {
             good: !rtts.is_empty(),
             rtts,
             per_target,
+            failure: None,
         }
     }
 

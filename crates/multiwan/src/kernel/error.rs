@@ -52,6 +52,13 @@ pub enum KernelError {
     #[error("cannot install {what}: {why}; this is a bug in multiwan, please report it with the output of `multiwan plan`")]
     Invalid { what: String, why: String },
 
+    /// A flush went on past failures; these are all of them.
+    #[error("flush removed {removed} objects, but {} steps failed: {}; fix the cause and run `multiwan flush` again (it removes only what is left)", errors.len(), list(errors))]
+    Flush {
+        removed: usize,
+        errors: Vec<KernelError>,
+    },
+
     /// One step of an apply failed; says what became of the earlier steps.
     #[error("apply failed at step `{step}`: {source}{rollback}")]
     Step {
@@ -113,5 +120,42 @@ impl KernelError {
     }
 }
 
+fn list(errors: &[KernelError]) -> String {
+    let all: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    all.join("; ")
+}
+
 /// Results of the kernel layer.
 pub type Result<T, E = KernelError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flush_error_lists_every_failure() {
+        let e = KernelError::Flush {
+            removed: 3,
+            errors: vec![
+                KernelError::Invalid {
+                    what: "a".into(),
+                    why: "one".into(),
+                },
+                KernelError::Conntrack {
+                    what: "b".into(),
+                    detail: "two".into(),
+                },
+            ],
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with("flush removed 3 objects, but 2 steps failed"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cannot install a: one") && text.contains("while b: two"),
+            "{text}"
+        );
+        assert!(text.contains("run `multiwan flush` again"), "{text}");
+    }
+}

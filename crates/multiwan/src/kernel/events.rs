@@ -130,7 +130,7 @@ async fn read_rtnetlink(
             match route_stream() {
                 Ok(s) => break s,
                 Err(e) => {
-                    eprintln!("multiwan: subscribing to rtnetlink events again: {e}");
+                    tracing::warn!("subscribing to rtnetlink events again: {e}");
                     tokio::time::sleep(RETRY).await;
                 }
             }
@@ -199,12 +199,12 @@ async fn read_nfnetlink(
             Err(e) => {
                 if e.raw_os_error() != Some(libc::ENOBUFS) {
                     // Not an overflow: this socket is broken; make a new one.
-                    eprintln!("multiwan: nftables events: {e}; subscribing again");
+                    tracing::warn!("nftables events: {e}; subscribing again");
                     socket = loop {
                         match nft_socket() {
                             Ok(s) => break s,
                             Err(e) => {
-                                eprintln!("multiwan: subscribing to nftables events: {e}");
+                                tracing::warn!("subscribing to nftables events: {e}");
                                 tokio::time::sleep(RETRY).await;
                             }
                         }

@@ -12,7 +12,7 @@ use netlink_packet_route::route::{RouteAttribute, RouteMessage, RouteType};
 use rtnetlink::Handle;
 
 use super::error::{KernelError, Result};
-use super::routes::{dump_family, table_of};
+use super::routes::{dump_table, table_of};
 use crate::plan::{Facts, Family, InterfaceFacts};
 
 const MAIN_TABLE: u32 = 254;
@@ -41,8 +41,9 @@ fn is_multicast(addr: &IpAddr) -> bool {
     addr.is_multicast()
 }
 
-/// Reads interfaces, addresses, default gateways and the main table's prefixes.
-pub async fn read_facts(handle: &Handle) -> Result<Facts> {
+/// Reads interfaces, addresses, default gateways and the main table's prefixes (routes of
+/// `families` only).
+pub async fn read_facts(handle: &Handle, families: &[Family]) -> Result<Facts> {
     let mut facts = Facts::default();
     let mut by_index: BTreeMap<u32, String> = BTreeMap::new();
 
@@ -106,8 +107,9 @@ pub async fn read_facts(handle: &Handle) -> Result<Facts> {
     let mut gw4: BTreeMap<u32, (u32, std::net::Ipv4Addr)> = BTreeMap::new();
     let mut gw6: BTreeMap<u32, (u32, std::net::Ipv6Addr)> = BTreeMap::new();
     let mut prefixes = BTreeSet::new();
-    for family in [Family::V4, Family::V6] {
-        for msg in dump_family(handle, family).await? {
+    for &family in families {
+        // Only the main table crosses the socket (strict checking filters the dump).
+        for msg in dump_table(handle, family, MAIN_TABLE).await? {
             if table_of(&msg) != MAIN_TABLE || msg.header.kind != RouteType::Unicast {
                 continue;
             }

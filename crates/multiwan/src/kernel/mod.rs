@@ -10,12 +10,15 @@
 //! namespace of the thread that runs the call. Use one thread (a current-thread tokio
 //! runtime) inside one namespace; the tests do.
 
+mod apply;
 pub mod conntrack;
+pub mod diff;
 mod error;
 pub mod events;
 pub mod facts;
 pub mod nft;
 pub mod routes;
+pub mod rt_protos;
 pub mod rt_tables;
 pub mod rules;
 pub mod sysctl;
@@ -23,42 +26,24 @@ pub mod sysctl;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rtnetlink::Handle;
 
+pub use diff::{Changes, KernelDiff, Step};
 pub use error::{KernelError, Result};
 pub use nft::Existing;
 pub use routes::InstalledRoute;
 pub use rules::InstalledRule;
 pub use sysctl::SysctlChange;
 
-use crate::plan::{Desired, Facts, IpRule, Route};
+use crate::plan::{Desired, Facts, Family};
 
-/// What to change to go from one set of objects to another.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Changes<T> {
-    pub add: Vec<T>,
-    /// (installed, desired): same key, different content.
-    pub replace: Vec<(T, T)>,
-    pub delete: Vec<T>,
-}
-
-impl<T> Default for Changes<T> {
-    fn default() -> Self {
-        Changes {
-            add: Vec::new(),
-            replace: Vec::new(),
-            delete: Vec::new(),
-        }
-    }
-}
-
-impl<T> Changes<T> {
-    pub fn is_empty(&self) -> bool {
-        self.add.is_empty() && self.replace.is_empty() && self.delete.is_empty()
-    }
-}
+/// The routing protocol number on every route and ip rule multiwan installs (`proto
+/// multiwan` in `ip route` / `ip rule` once `rt_protos.d/multiwan.conf` names it). It
+/// collides with nothing iproute2 names (0–4, 8–18, 42, 99, 186–192). Ownership is by
+/// this tag (SPEC §3): untagged objects are never multiwan's, wherever they are.
+pub const RTPROT_MULTIWAN: u8 = 77;
 
 /// What multiwan owns, whatever it holds now: enough to read it back or flush it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +91,7 @@ impl ApplyReport {
         self.changes.len()
     }
 
-    fn push(&mut self, change: String) {
+    pub(crate) fn push(&mut self, change: String) {
         self.changed = true;
         self.changes.push(change);
     }
@@ -123,20 +108,14 @@ impl fmt::Display for ApplyReport {
     }
 }
 
-/// Everything installed in multiwan's range now.
+/// What an apply or a flush found: the rules in multiwan's priority range and the routes
+/// in the tables it uses (tagged or not), every tagged route of its families, and its
+/// nft table. Which of them multiwan owns is decided by [`diff`].
 #[derive(Debug, Clone)]
 pub struct Installed {
     pub rules: Vec<InstalledRule>,
     pub routes: Vec<InstalledRoute>,
     pub nft: Existing,
-}
-
-/// Something done during an apply that can be undone if a later step fails.
-enum Undo {
-    Sysctls(Vec<SysctlChange>),
-    RouteAdded(Route),
-    RouteReplaced(Route),
-    RuleAdded(IpRule),
 }
 
 /// The kernel as multiwan sees it: one rtnetlink connection, plus the paths of the
@@ -146,7 +125,13 @@ pub struct Kernel {
     handle: Handle,
     connection: tokio::task::JoinHandle<()>,
     rt_tables_dir: PathBuf,
+    rt_protos_dir: PathBuf,
     sysctl_root: PathBuf,
+    /// The "IPv6 is off" line is logged once per process, not on every apply.
+    ipv6_off_logged: std::sync::atomic::AtomicBool,
+    /// Untagged routes found by the last full read in the tables the plan writes:
+    /// [`Kernel::apply_after`] does not read them back, but must not replace them.
+    foreign_routes: std::sync::Mutex<Vec<InstalledRoute>>,
 }
 
 impl Drop for Kernel {
@@ -158,14 +143,28 @@ impl Drop for Kernel {
 impl Kernel {
     /// Opens the rtnetlink connection (in the calling thread's network namespace) and
     /// spawns its driver on the current tokio runtime.
+    ///
+    /// Strict checking is on (as iproute2 does), so route dumps filtered by table or
+    /// protocol are filtered by the kernel: a main table of 100k routes never crosses
+    /// the socket to find multiwan's few.
     pub fn new() -> Result<Kernel> {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(KernelError::Socket)?;
+        let (conn, handle, _) =
+            rtnetlink::new_connection_with_strict_check().map_err(KernelError::Socket)?;
         Ok(Kernel {
             handle,
             connection: tokio::spawn(conn),
             rt_tables_dir: PathBuf::from(rt_tables::RT_TABLES_DIR),
+            rt_protos_dir: PathBuf::from(rt_protos::RT_PROTOS_DIR),
             sysctl_root: PathBuf::from(sysctl::PROC_SYS),
+            ipv6_off_logged: std::sync::atomic::AtomicBool::new(false),
+            foreign_routes: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Where the protocol name is written (default `/etc/iproute2/rt_protos.d`).
+    pub fn with_rt_protos_dir(mut self, dir: impl Into<PathBuf>) -> Kernel {
+        self.rt_protos_dir = dir.into();
+        self
     }
 
     /// Where table names are written (default `/etc/iproute2/rt_tables.d`).
@@ -190,301 +189,64 @@ impl Kernel {
 
     /// Interfaces, addresses, default gateways and main-table prefixes.
     pub async fn read_facts(&self) -> Result<Facts> {
-        facts::read_facts(&self.handle).await
+        // Without IPv6 in the kernel there is no IPv6 table to dump.
+        let families = sysctl::Ipv6::of(&self.sysctl_root).present();
+        facts::read_facts(&self.handle, &families).await
     }
 
-    /// What is installed in multiwan's range now.
+    /// What multiwan may own now: every rule in its priority range and every tagged
+    /// route (both families), and its nft table. What a flush and an adoption read.
     pub async fn read_installed(&self, own: &Ownership) -> Result<Installed> {
+        let families = sysctl::Ipv6::of(&self.sysctl_root).present();
+        self.read(own, &[], &families).await
+    }
+
+    /// The rules in `own`'s priority range, the tagged routes, and every route in
+    /// `tables` (the tables the plan writes, so a foreign route there is seen and never
+    /// replaced), for `families`.
+    async fn read(
+        &self,
+        own: &Ownership,
+        tables: &[u32],
+        families: &[Family],
+    ) -> Result<Installed> {
         let names = facts::link_names(&self.handle).await?;
+        let mut routes = routes::read_tagged(&self.handle, families, &names).await?;
+        let untagged = routes::read_tables(&self.handle, tables, families, &names).await?;
+        routes.extend(untagged.into_iter().filter(|r| !r.tagged()));
         Ok(Installed {
-            rules: rules::read(&self.handle, own.priorities).await?,
-            routes: routes::read(&self.handle, &own.tables, &names).await?,
-            nft: Existing::read(&own.nft_table)?,
+            rules: rules::read_families(&self.handle, own.priorities, families).await?,
+            routes,
+            nft: Existing::read(&own.nft_table).await?,
         })
     }
 
-    /// Packets per named counter of the nft table.
-    pub fn read_counters(&self, nft_table: &str) -> Result<BTreeMap<String, u64>> {
-        nft::read_counters(nft_table)
+    /// Packets per named counter of the nft table (runs `nft` asynchronously).
+    pub async fn read_counters(&self, nft_table: &str) -> Result<BTreeMap<String, u64>> {
+        nft::read_counters(nft_table).await
+    }
+
+    /// [`Kernel::read_counters`] for a synchronous caller: blocks while `nft` runs. Only
+    /// for code that cannot await yet (the daemon's status should read a cache instead).
+    pub fn read_counters_blocking(&self, nft_table: &str) -> Result<BTreeMap<String, u64>> {
+        nft::read_counters_blocking(nft_table)
     }
 
     /// Deletes the conntrack entries carrying `mark` under `mask`; returns how many.
-    pub fn delete_conntrack_by_mark(&self, mark: u32, mask: u32) -> Result<usize> {
-        conntrack::delete_by_mark(mark, mask)
+    /// The ctnetlink dump and deletes run on tokio's blocking pool (its threads are
+    /// started from this runtime, so they share the caller's network namespace).
+    pub async fn delete_conntrack_by_mark(&self, mark: u32, mask: u32) -> Result<usize> {
+        blocking(move || conntrack::delete_by_mark(mark, mask)).await
     }
+}
 
-    /// Makes the kernel hold `desired` in multiwan's range, changing only what differs.
-    ///
-    /// Order, so the router is never without a way out: sysctls; routes added or
-    /// replaced; rules added; the nft batch; stale rules deleted; stale routes deleted;
-    /// table names. If a step up to and including the nft batch fails (nft refuses a
-    /// batch as a whole, so a failed batch changed nothing), what the earlier steps changed
-    /// is put back; the later steps only remove what is no longer wanted, so a failure
-    /// there leaves the new state in place with some leftovers for the next apply.
-    pub async fn apply(&self, desired: &Desired) -> Result<ApplyReport> {
-        let start = Instant::now();
-        nft::validate(&desired.nft)?;
-        let own = Ownership::from(desired);
-        let installed = self.read_installed(&own).await?;
-        self.apply_against(start, installed, desired).await
-    }
-
-    /// Like [`Kernel::apply`], but trusts that `previous` (which this process applied
-    /// successfully) is what is installed, instead of reading everything back: the
-    /// daemon's fast path for a link state change, where reading everything back
-    /// would cost more than the change itself. The daemon still does a full
-    /// [`Kernel::apply`] at start, on reload and periodically, which repairs any drift.
-    pub async fn apply_after(&self, previous: &Desired, desired: &Desired) -> Result<ApplyReport> {
-        let start = Instant::now();
-        nft::validate(&desired.nft)?;
-        let mut rules = Vec::with_capacity(previous.rules.len());
-        for r in &previous.rules {
-            rules.push(InstalledRule {
-                rule: Some(r.clone()),
-                msg: rules::to_message(r)?,
-            });
-        }
-        let mut routes = Vec::with_capacity(previous.routes.len());
-        for r in &previous.routes {
-            routes.push(InstalledRoute {
-                route: Some(r.clone()),
-                msg: routes::to_message(r)?,
-            });
-        }
-        let installed = Installed {
-            rules,
-            routes,
-            nft: Existing::from_table(&previous.nft),
-        };
-        self.apply_against(start, installed, desired).await
-    }
-
-    async fn apply_against(
-        &self,
-        start: Instant,
-        installed: Installed,
-        desired: &Desired,
-    ) -> Result<ApplyReport> {
-        let mut report = ApplyReport::default();
-
-        let current_routes: Vec<Route> = installed
-            .routes
-            .iter()
-            .filter_map(|r| r.route.clone())
-            .collect();
-        let route_changes = routes::diff(&current_routes, &desired.routes);
-        let current_rules: Vec<IpRule> = installed
-            .rules
-            .iter()
-            .filter_map(|r| r.rule.clone())
-            .collect();
-        let rule_changes = rules::diff(&current_rules, &desired.rules);
-
-        // Rules matching cgroups that do not exist now cannot be loaded (nft::with_live_cgroups).
-        let (nft_table, nft_notes) = nft::with_live_cgroups(&desired.nft);
-        let batch = (installed.nft.digest.as_deref() != Some(nft_table.digest.as_str()))
-            .then(|| nft::to_batch(&nft_table, &installed.nft));
-
-        let mut undo: Vec<Undo> = Vec::new();
-
-        // 1. sysctls (the function puts back its own partial work if it fails).
-        let changed = sysctl::apply(&self.sysctl_root, &desired.sysctls)
-            .map_err(|e| step("sysctls", e, None))?;
-        for c in &changed {
-            report.push(c.describe());
-        }
-        report.sysctls = changed.len();
-        undo.push(Undo::Sysctls(changed));
-
-        // 2. routes: new ones and changed ones (NLM_F_REPLACE, never delete-then-add).
-        for r in &route_changes.add {
-            if let Err(e) = routes::replace(&self.handle, r).await {
-                return Err(self.fail("routes", e, undo).await);
-            }
-            undo.push(Undo::RouteAdded(r.clone()));
-            report.routes_added += 1;
-            report.push(format!("route add {}", routes::describe(r)));
-        }
-        for (old, new) in &route_changes.replace {
-            if let Err(e) = routes::replace(&self.handle, new).await {
-                return Err(self.fail("routes", e, undo).await);
-            }
-            undo.push(Undo::RouteReplaced(old.clone()));
-            report.routes_replaced += 1;
-            report.push(format!(
-                "route replace {} (was {})",
-                routes::describe(new),
-                routes::describe(old)
-            ));
-        }
-
-        // 3. rules: the missing ones, before anything that points traffic at them.
-        for r in &rule_changes.add {
-            if let Err(e) = rules::add(&self.handle, r).await {
-                return Err(self.fail("rules add", e, undo).await);
-            }
-            undo.push(Undo::RuleAdded(r.clone()));
-            report.rules_added += 1;
-            report.push(format!("rule add {}", rules::describe(r)));
-        }
-
-        // 4. nft: one transaction, so it is all or nothing by itself.
-        if let Some(batch) = &batch {
-            if let Err(e) = nft::send(batch, &desired.nft.name) {
-                return Err(self.fail("nft", e, undo).await);
-            }
-            report.nft = true;
-            report.push(format!(
-                "nft table inet {} written (digest {} -> {})",
-                desired.nft.name,
-                installed.nft.digest.as_deref().unwrap_or("none"),
-                nft_table.digest
-            ));
-            for note in nft_notes {
-                report.push(note);
-            }
-        }
-
-        // 5. stale rules, then 6. stale routes: by the messages the kernel dumped.
-        let mut rule_msgs: Vec<&InstalledRule> = installed.rules.iter().collect();
-        let mut stale_rules: Vec<(&InstalledRule, String)> = Vec::new();
-        for r in &rule_changes.delete {
-            if let Some(i) = rule_msgs.iter().position(|ir| ir.rule.as_ref() == Some(r)) {
-                stale_rules.push((rule_msgs.remove(i), rules::describe(r)));
-            }
-        }
-        for ir in rule_msgs.iter().filter(|ir| ir.rule.is_none()) {
-            stale_rules.push((ir, format!("{:?} (not one multiwan makes)", ir.msg)));
-        }
-        for (ir, what) in stale_rules {
-            rules::delete(&self.handle, &ir.msg, &what)
-                .await
-                .map_err(|e| step("rules delete", e, Some(Rollback::NotNeeded)))?;
-            report.rules_deleted += 1;
-            report.push(format!("rule delete {what}"));
-        }
-
-        let mut route_msgs: Vec<&InstalledRoute> = installed.routes.iter().collect();
-        let mut stale_routes: Vec<(&InstalledRoute, String)> = Vec::new();
-        for r in &route_changes.delete {
-            if let Some(i) = route_msgs
-                .iter()
-                .position(|ir| ir.route.as_ref() == Some(r))
-            {
-                stale_routes.push((route_msgs.remove(i), routes::describe(r)));
-            }
-        }
-        for ir in route_msgs.iter().filter(|ir| ir.route.is_none()) {
-            stale_routes.push((
-                ir,
-                format!(
-                    "in table {} (not one multiwan makes: {:?})",
-                    routes::table_of(&ir.msg),
-                    ir.msg.header.kind
-                ),
-            ));
-        }
-        for (ir, what) in stale_routes {
-            routes::delete(&self.handle, &ir.msg, &what)
-                .await
-                .map_err(|e| step("routes delete", e, Some(Rollback::NotNeeded)))?;
-            report.routes_deleted += 1;
-            report.push(format!("route delete {what}"));
-        }
-
-        // 7. table names.
-        let written =
-            rt_tables::write(&self.rt_tables_dir, &desired.nft.name, &desired.table_names)
-                .map_err(|e| step("table names", e, Some(Rollback::NotNeeded)))?;
-        if written {
-            report.table_names = true;
-            report.push(format!(
-                "{} {}",
-                if desired.table_names.is_empty() {
-                    "removed"
-                } else {
-                    "wrote"
-                },
-                rt_tables::path(&self.rt_tables_dir, &desired.nft.name).display()
-            ));
-        }
-
-        report.elapsed = start.elapsed();
-        Ok(report)
-    }
-
-    /// Puts back what `undo` records (newest first) and builds the error for `step`.
-    async fn fail(&self, name: &'static str, err: KernelError, undo: Vec<Undo>) -> KernelError {
-        let mut first_err: Option<KernelError> = None;
-        for u in undo.into_iter().rev() {
-            let r = match u {
-                Undo::Sysctls(changes) => sysctl::restore(&self.sysctl_root, &changes),
-                Undo::RouteAdded(r) => match routes::to_message(&r) {
-                    Ok(msg) => routes::delete(&self.handle, &msg, &routes::describe(&r)).await,
-                    Err(e) => Err(e),
-                },
-                Undo::RouteReplaced(old) => routes::replace(&self.handle, &old).await,
-                Undo::RuleAdded(r) => match rules::to_message(&r) {
-                    Ok(msg) => rules::delete(&self.handle, &msg, &rules::describe(&r)).await,
-                    Err(e) => Err(e),
-                },
-            };
-            if let Err(e) = r {
-                first_err.get_or_insert(e);
-            }
-        }
-        let rollback = match first_err {
-            None => Rollback::Restored,
-            Some(e) => Rollback::Failed(Box::new(e)),
-        };
-        step(name, err, Some(rollback))
-    }
-
-    /// Removes everything multiwan owns: every rule in its priority range (both
-    /// families), the nft table, every route in its tables, the rt_tables.d file.
-    /// Nothing else: foreign rules, routes, nft tables and files stay.
-    pub async fn flush(&self, own: &Ownership) -> Result<ApplyReport> {
-        let start = Instant::now();
-        let mut report = ApplyReport::default();
-        let names = facts::link_names(&self.handle).await?;
-        // Rules first: traffic falls back to the main table before its routes go.
-        for ir in rules::read(&self.handle, own.priorities).await? {
-            let what = ir
-                .rule
-                .as_ref()
-                .map_or_else(|| format!("{:?}", ir.msg), rules::describe);
-            rules::delete(&self.handle, &ir.msg, &what).await?;
-            report.rules_deleted += 1;
-            report.push(format!("rule delete {what}"));
-        }
-        if nft::delete_table(&own.nft_table)? {
-            report.nft = true;
-            report.push(format!("nft table inet {} deleted", own.nft_table));
-        }
-        for ir in routes::read(&self.handle, &own.tables, &names).await? {
-            let what = ir.route.as_ref().map_or_else(
-                || {
-                    format!(
-                        "in table {} ({:?})",
-                        routes::table_of(&ir.msg),
-                        ir.msg.header.kind
-                    )
-                },
-                routes::describe,
-            );
-            routes::delete(&self.handle, &ir.msg, &what).await?;
-            report.routes_deleted += 1;
-            report.push(format!("route delete {what}"));
-        }
-        if rt_tables::remove(&self.rt_tables_dir, &own.nft_table)? {
-            report.table_names = true;
-            report.push(format!(
-                "removed {}",
-                rt_tables::path(&self.rt_tables_dir, &own.nft_table).display()
-            ));
-        }
-        report.elapsed = start.elapsed();
-        Ok(report)
+/// Runs blocking kernel I/O (ctnetlink, files under /etc) off the event loop.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
 

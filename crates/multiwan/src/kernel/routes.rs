@@ -1,8 +1,10 @@
-//! Routes in the tables multiwan owns: dump, convert to the model, diff, apply.
+//! Routes in the tables multiwan uses: dump, convert to the model, install, delete.
 //!
 //! Routes are keyed by (family, table, dst, metric), the key under which the kernel
 //! keeps at most one route; a route whose kind or next hops changed is sent again with
-//! `NLM_F_REPLACE`, so the table never goes through a moment without it.
+//! `NLM_F_REPLACE`, so the table never goes through a moment without it. Every route
+//! multiwan installs carries its protocol number ([`RTPROT_MULTIWAN`]); what to change is
+//! decided in [`super::diff`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -20,20 +22,44 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::Handle;
 
 use super::error::{KernelError, Result};
-use super::Changes;
+use super::RTPROT_MULTIWAN;
 use crate::plan::{Family, NextHop, Route, RouteKind};
 
 /// IPv6 stores metric 0 as 1024 (`IP6_RT_PRIO_USER`): compare as the kernel will store.
 const IPV6_DEFAULT_METRIC: u32 = 1024;
 
-/// A route found in an owned table, with the message the kernel sent (deleting by
-/// sending it back removes exactly that route, whatever attributes the model lacks).
+/// A route found in a table multiwan uses, with the message the kernel sent (deleting
+/// by sending it back removes exactly that route, whatever attributes the model lacks).
 #[derive(Debug, Clone)]
 pub struct InstalledRoute {
     /// `None`: a route the model cannot express (another type, a source prefix, a TOS);
-    /// it is in a table multiwan owns, so apply deletes it.
+    /// if multiwan owns it (see [`super::diff`]), apply deletes it.
     pub route: Option<Route>,
     pub msg: RouteMessage,
+}
+
+impl InstalledRoute {
+    /// A dumped route, with the model's view of it.
+    pub fn new(msg: RouteMessage, names: &BTreeMap<u32, String>) -> InstalledRoute {
+        InstalledRoute {
+            route: from_message(&msg, names),
+            msg,
+        }
+    }
+
+    /// Whether it carries multiwan's protocol number.
+    pub fn tagged(&self) -> bool {
+        is_tagged(&self.msg)
+    }
+
+    pub fn table(&self) -> u32 {
+        table_of(&self.msg)
+    }
+}
+
+/// Whether a route message carries multiwan's protocol number.
+pub fn is_tagged(msg: &RouteMessage) -> bool {
+    u8::from(msg.header.protocol) == RTPROT_MULTIWAN
 }
 
 pub(crate) fn address_family(family: Family) -> AddressFamily {
@@ -63,41 +89,86 @@ fn ip_of(addr: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
-/// Every route of one family, all tables (the kernel filters a dump by table only with
-/// strict checking on; filtering here works everywhere).
-pub(crate) async fn dump_family(handle: &Handle, family: Family) -> Result<Vec<RouteMessage>> {
+/// Every route of one family in table `table` (kernel-filtered with strict checking on;
+/// filtered here too for kernels without it).
+pub(crate) async fn dump_table(
+    handle: &Handle,
+    family: Family,
+    table: u32,
+) -> Result<Vec<RouteMessage>> {
     let mut req = RouteMessage::default();
     req.header.address_family = address_family(family);
+    req.attributes.push(RouteAttribute::Table(table));
+    let mut all = dump(handle, req).await?;
+    all.retain(|m| table_of(m) == table);
+    Ok(all)
+}
+
+async fn dump(handle: &Handle, req: RouteMessage) -> Result<Vec<RouteMessage>> {
     let mut stream = handle.route().get(req).execute();
     let mut out = Vec::new();
     while let Some(item) = stream.next().await {
-        let msg = item.map_err(|e| KernelError::netlink("dumping routes", e))?;
-        out.push(msg);
+        match item {
+            Ok(msg) => out.push(msg),
+            // A table-filtered IPv4 dump of a table that does not exist yet.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ENOENT => break,
+            Err(e) => return Err(KernelError::netlink("dumping routes", e)),
+        }
     }
     Ok(out)
 }
 
-/// The routes in `tables`, both families.
-pub async fn read(
+/// The kernel's own tables, never read as multiwan's whatever a caller asks: reading them
+/// as owned would let an apply or a flush delete the main table's routes.
+pub(crate) fn is_kernel_table(t: u32) -> bool {
+    matches!(t, 0 | 253..=255)
+}
+
+/// Every route tagged with multiwan's protocol number, in any table, of `families`.
+///
+/// One dump per family with the protocol in the request header: with netlink strict
+/// checking on (the kernel connection turns it on), the kernel walks its tables and sends
+/// only tagged routes, so 100k routes in main cost a kernel-side walk, not 100k messages
+/// parsed here; an older kernel ignores the filter and this filters itself (exact either
+/// way). The caller decides which of them this instance owns (their table).
+pub async fn read_tagged(
     handle: &Handle,
-    tables: &[u32],
+    families: &[Family],
     names: &BTreeMap<u32, String>,
 ) -> Result<Vec<InstalledRoute>> {
-    // Never the kernel's own tables, whatever the caller asks: reading them as owned
-    // would let an apply or a flush delete the main table's routes.
+    let mut out = Vec::new();
+    for family in families {
+        let mut req = RouteMessage::default();
+        req.header.address_family = address_family(*family);
+        req.header.protocol = RouteProtocol::from(RTPROT_MULTIWAN);
+        for msg in dump(handle, req).await? {
+            if is_tagged(&msg) && !is_kernel_table(table_of(&msg)) {
+                out.push(InstalledRoute::new(msg, names));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Every route of `families` in `tables` (tagged or not): one table-filtered dump per
+/// table (the kernel filters with strict checking on; filtered here too for kernels
+/// without it). The kernel's own tables are skipped.
+pub async fn read_tables(
+    handle: &Handle,
+    tables: &[u32],
+    families: &[Family],
+    names: &BTreeMap<u32, String>,
+) -> Result<Vec<InstalledRoute>> {
     let tables: BTreeSet<u32> = tables
         .iter()
         .copied()
-        .filter(|t| !matches!(t, 0 | 253..=255))
+        .filter(|t| !is_kernel_table(*t))
         .collect();
     let mut out = Vec::new();
-    for family in [Family::V4, Family::V6] {
-        for msg in dump_family(handle, family).await? {
-            if tables.contains(&table_of(&msg)) {
-                out.push(InstalledRoute {
-                    route: from_message(&msg, names),
-                    msg,
-                });
+    for family in families {
+        for t in &tables {
+            for msg in dump_table(handle, *family, *t).await? {
+                out.push(InstalledRoute::new(msg, names));
             }
         }
     }
@@ -201,7 +272,7 @@ pub fn to_message(route: &Route) -> Result<RouteMessage> {
     } else {
         0
     };
-    h.protocol = RouteProtocol::Static;
+    h.protocol = RouteProtocol::from(RTPROT_MULTIWAN);
     h.scope = RouteScope::Universe;
     msg.attributes.push(RouteAttribute::Table(route.table));
     if route.dst.prefix_len() > 0 {
@@ -259,9 +330,9 @@ fn gateway_attr(family: Family, gw: IpAddr) -> RouteAttribute {
 }
 
 /// The key under which the kernel holds at most one route.
-type Key = (Family, u32, IpNet, u32);
+pub(crate) type Key = (Family, u32, IpNet, u32);
 
-fn key(r: &Route) -> Key {
+pub(crate) fn key(r: &Route) -> Key {
     (r.family, r.table, r.dst.trunc(), effective_metric(r))
 }
 
@@ -275,7 +346,7 @@ fn effective_metric(r: &Route) -> u32 {
 
 /// What the kernel keeps of a route, for comparing: interface names are not stored
 /// (indexes are), a single next hop has no weight, next-hop order does not matter.
-fn normalized(r: &Route) -> Route {
+pub(crate) fn normalized(r: &Route) -> Route {
     let kind = match &r.kind {
         RouteKind::Unicast(hops) => {
             let mut hops: Vec<NextHop> = hops
@@ -302,39 +373,6 @@ fn normalized(r: &Route) -> Route {
         metric: effective_metric(r),
         kind,
     }
-}
-
-/// What to change so that the routes `current` become `desired`: a route whose key is
-/// in both but differs is a replace; duplicates of a key in `current` are deleted.
-pub fn diff(current: &[Route], desired: &[Route]) -> Changes<Route> {
-    let mut cur: BTreeMap<Key, &Route> = BTreeMap::new();
-    let mut changes = Changes::default();
-    for r in current {
-        if cur.insert(key(r), r).is_some() {
-            // A second route under one key (`ip route append`): keep one, drop the rest.
-            changes.delete.push(r.clone());
-        }
-    }
-    let mut seen = BTreeSet::new();
-    for d in desired {
-        let k = key(d);
-        if !seen.insert(k) {
-            continue;
-        }
-        match cur.get(&k) {
-            None => changes.add.push(d.clone()),
-            Some(c) if normalized(c) != normalized(d) => {
-                changes.replace.push(((*c).clone(), d.clone()))
-            }
-            Some(_) => {}
-        }
-    }
-    for (k, c) in &cur {
-        if !seen.contains(k) {
-            changes.delete.push((*c).clone());
-        }
-    }
-    changes
 }
 
 /// Installs (or replaces) one route.
@@ -433,101 +471,6 @@ mod tests {
             metric,
             kind,
         }
-    }
-
-    #[test]
-    fn equal_sets_give_no_changes() {
-        let rs = vec![
-            route(101, 0, RouteKind::Unicast(vec![hop("192.0.2.1", 2, 1)])),
-            route(101, u32::MAX, RouteKind::Unreachable),
-        ];
-        assert!(diff(&rs, &rs).is_empty());
-    }
-
-    #[test]
-    fn missing_route_is_added_and_stale_one_deleted() {
-        let a = route(101, 0, RouteKind::Unicast(vec![hop("192.0.2.1", 2, 1)]));
-        let b = route(102, 0, RouteKind::Unicast(vec![hop("198.51.100.1", 3, 1)]));
-        let c = diff(std::slice::from_ref(&a), std::slice::from_ref(&b));
-        assert_eq!(c.add, vec![b]);
-        assert_eq!(c.delete, vec![a]);
-        assert!(c.replace.is_empty());
-    }
-
-    #[test]
-    fn changed_route_under_same_key_is_a_replace() {
-        let old = route(
-            100,
-            0,
-            RouteKind::Unicast(vec![hop("192.0.2.1", 2, 1), hop("198.51.100.1", 3, 1)]),
-        );
-        let new = route(
-            100,
-            0,
-            RouteKind::Unicast(vec![hop("192.0.2.1", 2, 3), hop("198.51.100.1", 3, 1)]),
-        );
-        let c = diff(std::slice::from_ref(&old), std::slice::from_ref(&new));
-        assert_eq!(c.replace, vec![(old, new)]);
-        assert!(c.add.is_empty() && c.delete.is_empty());
-    }
-
-    #[test]
-    fn kind_change_is_a_replace() {
-        let old = route(101, 5, RouteKind::Unicast(vec![hop("192.0.2.1", 2, 1)]));
-        let new = route(101, 5, RouteKind::Blackhole);
-        assert_eq!(
-            diff(std::slice::from_ref(&old), std::slice::from_ref(&new)).replace,
-            vec![(old, new)]
-        );
-    }
-
-    #[test]
-    fn comparison_ignores_what_the_kernel_does_not_keep() {
-        // Names are not stored, a lone next hop has no weight, hop order is free.
-        let mut read = route(101, 0, RouteKind::Unicast(vec![hop("192.0.2.1", 2, 1)]));
-        if let RouteKind::Unicast(h) = &mut read.kind {
-            h[0].ifname = "if2".into();
-        }
-        let want = route(101, 0, RouteKind::Unicast(vec![hop("192.0.2.1", 2, 7)]));
-        assert!(diff(&[read], &[want]).is_empty());
-
-        let a = route(
-            100,
-            0,
-            RouteKind::Unicast(vec![hop("192.0.2.1", 2, 2), hop("198.51.100.1", 3, 1)]),
-        );
-        let b = route(
-            100,
-            0,
-            RouteKind::Unicast(vec![hop("198.51.100.1", 3, 1), hop("192.0.2.1", 2, 2)]),
-        );
-        assert!(diff(&[a], &[b]).is_empty());
-    }
-
-    #[test]
-    fn metric_is_part_of_the_key() {
-        let a = route(101, 0, RouteKind::Unicast(vec![hop("192.0.2.1", 2, 1)]));
-        let b = route(101, 10, RouteKind::Unicast(vec![hop("192.0.2.1", 2, 1)]));
-        let c = diff(std::slice::from_ref(&a), std::slice::from_ref(&b));
-        assert_eq!((c.add, c.delete), (vec![b], vec![a]));
-    }
-
-    #[test]
-    fn ipv6_metric_zero_is_1024() {
-        let mut a = route(101, 0, RouteKind::Unreachable);
-        a.family = Family::V6;
-        a.dst = "::/0".parse().unwrap();
-        let mut b = a.clone();
-        b.metric = 1024;
-        assert!(diff(&[b], &[a]).is_empty());
-    }
-
-    #[test]
-    fn duplicate_keys_in_current_are_deleted() {
-        let a = route(101, 0, RouteKind::Unicast(vec![hop("192.0.2.1", 2, 1)]));
-        let c = diff(&[a.clone(), a.clone()], std::slice::from_ref(&a));
-        assert_eq!(c.delete, vec![a]);
-        assert!(c.add.is_empty() && c.replace.is_empty());
     }
 
     #[test]

@@ -1,14 +1,17 @@
-//! Policy routing rules in multiwan's priority range: dump, convert, diff, apply.
+//! Policy routing rules in multiwan's priority range: dump, convert, add, delete.
 //!
 //! A rule has no key smaller than itself, so there is no replace: missing rules are
-//! added first and stale ones deleted after the rest of the state is in place.
+//! added first and stale ones deleted after the rest of the state is in place (decided
+//! in [`super::diff`]). Every rule multiwan adds carries its protocol number
+//! ([`RTPROT_MULTIWAN`], `FRA_PROTOCOL`); the kernel compares it when it looks for an
+//! existing rule, so an identical foreign rule is neither "already there" nor deleted.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use futures::StreamExt;
 use ipnet::IpNet;
 use netlink_packet_core::{DefaultNla, Nla, NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::route::RouteProtocol;
 use netlink_packet_route::rule::{
     RuleAction, RuleAttribute, RuleFlags, RuleMessage, RulePortRange, RuleUidRange,
 };
@@ -18,7 +21,7 @@ use rtnetlink::{Handle, IpVersion};
 
 use super::error::{KernelError, Result};
 use super::routes::{address_family, send};
-use super::Changes;
+use super::RTPROT_MULTIWAN;
 use crate::plan::{Family, IpRule, RuleSelector};
 
 const FRA_SPORT_MASK: u16 = 28;
@@ -37,12 +40,38 @@ const SUPPRESS_NONE: u32 = u32::MAX;
 #[derive(Debug, Clone)]
 pub struct InstalledRule {
     /// `None`: a rule the model cannot express (`not`, `oif`, `goto`, a TOS, another
-    /// action…); it sits in multiwan's range, so apply deletes it.
+    /// action…); if multiwan owns it (see [`super::diff`]), apply deletes it.
     pub rule: Option<IpRule>,
     pub msg: RuleMessage,
 }
 
-fn priority_of(msg: &RuleMessage) -> u32 {
+impl InstalledRule {
+    /// A dumped rule, with the model's view of it.
+    pub fn new(msg: RuleMessage) -> InstalledRule {
+        InstalledRule {
+            rule: from_message(&msg),
+            msg,
+        }
+    }
+
+    /// Whether it carries multiwan's protocol number.
+    pub fn tagged(&self) -> bool {
+        is_tagged(&self.msg)
+    }
+
+    pub fn priority(&self) -> u32 {
+        priority_of(&self.msg)
+    }
+}
+
+/// Whether a rule message carries multiwan's protocol number.
+pub fn is_tagged(msg: &RuleMessage) -> bool {
+    msg.attributes
+        .iter()
+        .any(|a| matches!(a, RuleAttribute::Protocol(p) if u8::from(*p) == RTPROT_MULTIWAN))
+}
+
+pub(crate) fn priority_of(msg: &RuleMessage) -> u32 {
     // The kernel leaves FRA_PRIORITY out for priority 0.
     msg.attributes
         .iter()
@@ -53,19 +82,30 @@ fn priority_of(msg: &RuleMessage) -> u32 {
         .unwrap_or(0)
 }
 
-/// The rules with a priority in `lo..=hi`, both families.
-pub async fn read(handle: &Handle, (lo, hi): (u32, u32)) -> Result<Vec<InstalledRule>> {
+/// The rules with a priority in `lo..=hi`, both families, whoever added them.
+pub async fn read(handle: &Handle, range: (u32, u32)) -> Result<Vec<InstalledRule>> {
+    read_families(handle, range, &[Family::V4, Family::V6]).await
+}
+
+/// The rules of `families` with a priority in `lo..=hi`, whoever added them (rule dumps
+/// cannot be filtered by the kernel, and there are few rules).
+pub async fn read_families(
+    handle: &Handle,
+    (lo, hi): (u32, u32),
+    families: &[Family],
+) -> Result<Vec<InstalledRule>> {
     let mut out = Vec::new();
-    for version in [IpVersion::V4, IpVersion::V6] {
+    for family in families {
+        let version = match family {
+            Family::V4 => IpVersion::V4,
+            Family::V6 => IpVersion::V6,
+        };
         let mut stream = handle.rule().get(version).execute();
         while let Some(item) = stream.next().await {
             let msg = item.map_err(|e| KernelError::netlink("dumping ip rules", e))?;
             let prio = priority_of(&msg);
             if (lo..=hi).contains(&prio) {
-                out.push(InstalledRule {
-                    rule: from_message(&msg),
-                    msg,
-                });
+                out.push(InstalledRule::new(msg));
             }
         }
     }
@@ -145,6 +185,9 @@ pub fn to_message(rule: &IpRule) -> Result<RuleMessage> {
     let a = &mut msg.attributes;
     a.push(RuleAttribute::Table(rule.table));
     a.push(RuleAttribute::Priority(rule.priority));
+    a.push(RuleAttribute::Protocol(RouteProtocol::from(
+        RTPROT_MULTIWAN,
+    )));
     let s = &rule.selector;
     for (net, is_src) in [(s.from, true), (s.to, false)] {
         let Some(net) = net else { continue };
@@ -188,43 +231,13 @@ pub fn to_message(rule: &IpRule) -> Result<RuleMessage> {
 }
 
 /// What the kernel keeps of a rule: `from all` is no `from`, prefixes hold no host bits.
-fn normalized(r: &IpRule) -> IpRule {
+pub(crate) fn normalized(r: &IpRule) -> IpRule {
     let mut r = r.clone();
     let fix = |n: Option<IpNet>| n.filter(|n| n.prefix_len() > 0).map(|n| n.trunc());
     r.selector.from = fix(r.selector.from);
     r.selector.to = fix(r.selector.to);
     r.selector.ipproto = r.selector.ipproto.filter(|p| *p != 0);
     r
-}
-
-/// What to change so that the rules `current` become `desired` (multiset semantics: a
-/// rule installed twice loses its copy).
-pub fn diff(current: &[IpRule], desired: &[IpRule]) -> Changes<IpRule> {
-    let mut have: BTreeMap<IpRule, usize> = BTreeMap::new();
-    for r in current {
-        *have.entry(normalized(r)).or_default() += 1;
-    }
-    let mut changes = Changes::default();
-    let mut want: BTreeMap<IpRule, &IpRule> = BTreeMap::new();
-    for d in desired {
-        want.entry(normalized(d)).or_insert(d);
-    }
-    for (n, d) in &want {
-        match have.get_mut(n) {
-            Some(count) => *count -= 1,
-            None => changes.add.push((*d).clone()),
-        }
-    }
-    for r in current {
-        let n = normalized(r);
-        if let Some(count) = have.get_mut(&n) {
-            if *count > 0 {
-                *count -= 1;
-                changes.delete.push(r.clone());
-            }
-        }
-    }
-    changes
 }
 
 /// Adds one rule. An identical rule already there counts as added.
@@ -304,64 +317,6 @@ mod tests {
             selector: sel,
             table,
         }
-    }
-
-    fn mark(m: u32) -> RuleSelector {
-        RuleSelector {
-            fwmark: Some((m, 0xff00)),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn equal_sets_give_no_changes() {
-        let rs = vec![
-            rule(1000, 254, RuleSelector::default()),
-            rule(1003, 101, mark(0x100)),
-        ];
-        assert!(diff(&rs, &rs).is_empty());
-    }
-
-    #[test]
-    fn adds_missing_and_deletes_stale() {
-        let a = rule(1003, 101, mark(0x100));
-        let b = rule(1003, 102, mark(0x200));
-        let c = diff(std::slice::from_ref(&a), &[a.clone(), b.clone()]);
-        assert_eq!(c.add, vec![b.clone()]);
-        assert!(c.delete.is_empty());
-        let c = diff(&[a.clone(), b.clone()], &[b]);
-        assert_eq!(c.delete, vec![a]);
-        assert!(c.add.is_empty() && c.replace.is_empty());
-    }
-
-    #[test]
-    fn a_changed_rule_is_add_plus_delete() {
-        let a = rule(1003, 101, mark(0x100));
-        let b = rule(1003, 101, mark(0x300));
-        let c = diff(std::slice::from_ref(&a), std::slice::from_ref(&b));
-        assert_eq!((c.add, c.delete), (vec![b], vec![a]));
-    }
-
-    #[test]
-    fn duplicates_in_current_are_deleted() {
-        let a = rule(1003, 101, mark(0x100));
-        let c = diff(&[a.clone(), a.clone()], std::slice::from_ref(&a));
-        assert_eq!(c.delete, vec![a]);
-        assert!(c.add.is_empty());
-    }
-
-    #[test]
-    fn from_all_equals_no_from() {
-        let a = rule(1001, 101, RuleSelector::default());
-        let b = rule(
-            1001,
-            101,
-            RuleSelector {
-                from: Some("0.0.0.0/0".parse().unwrap()),
-                ..Default::default()
-            },
-        );
-        assert!(diff(&[a], &[b]).is_empty());
     }
 
     #[test]

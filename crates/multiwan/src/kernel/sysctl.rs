@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::error::{KernelError, Result};
-use crate::plan::Sysctl;
+use crate::plan::{Family, Sysctl};
 
 /// Where sysctls live. `net.*` entries under it belong to the network namespace of the
 /// thread that opens them.
@@ -102,6 +102,52 @@ pub fn restore(root: &Path, changes: &[SysctlChange]) -> Result<()> {
     first_err.map_or(Ok(()), Err)
 }
 
+/// Whether this host (network namespace) runs IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ipv6 {
+    On,
+    /// `net.ipv6.conf.all.disable_ipv6 = 1`.
+    Disabled,
+    /// No `net/ipv6` under the sysctl root: the kernel was booted with `ipv6.disable=1`
+    /// (or built without IPv6).
+    Absent,
+}
+
+impl Ipv6 {
+    /// Read under `root` (`/proc/sys`).
+    pub fn of(root: &Path) -> Ipv6 {
+        if !path_of(root, "net/ipv6").is_dir() {
+            return Ipv6::Absent;
+        }
+        match read(root, "net/ipv6/conf/all/disable_ipv6") {
+            Ok(v) if v == "1" => Ipv6::Disabled,
+            _ => Ipv6::On,
+        }
+    }
+
+    /// The families the kernel has tables for (what can be dumped and flushed): IPv6
+    /// unless it is absent.
+    pub fn present(self) -> Vec<Family> {
+        match self {
+            Ipv6::Absent => vec![Family::V4],
+            Ipv6::On | Ipv6::Disabled => vec![Family::V4, Family::V6],
+        }
+    }
+
+    /// The one log line saying IPv6 is skipped (`None` when it is on).
+    pub fn skipped_line(self) -> Option<&'static str> {
+        match self {
+            Ipv6::On => None,
+            Ipv6::Disabled => Some(
+                "IPv6 is disabled (net.ipv6.conf.all.disable_ipv6 = 1): IPv6 rules, routes and sysctls are skipped; IPv4 works as usual",
+            ),
+            Ipv6::Absent => Some(
+                "IPv6 is absent (no /proc/sys/net/ipv6: kernel booted with ipv6.disable=1?): IPv6 rules, routes and sysctls are skipped; IPv4 works as usual",
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,5 +222,17 @@ mod tests {
     fn multi_value_compare() {
         assert!(same("1\t0", "1 0"));
         assert!(!same("1", "0"));
+    }
+
+    #[test]
+    fn ipv6_state_from_the_sysctl_tree() {
+        let root = tmp("ipv6");
+        assert_eq!(Ipv6::of(&root), Ipv6::Absent);
+        std::fs::create_dir_all(root.join("net/ipv6/conf/all")).unwrap();
+        std::fs::write(root.join("net/ipv6/conf/all/disable_ipv6"), "0\n").unwrap();
+        assert_eq!(Ipv6::of(&root), Ipv6::On);
+        std::fs::write(root.join("net/ipv6/conf/all/disable_ipv6"), "1\n").unwrap();
+        assert_eq!(Ipv6::of(&root), Ipv6::Disabled);
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

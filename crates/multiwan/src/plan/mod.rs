@@ -9,8 +9,10 @@ pub mod marks;
 pub mod model;
 pub mod nft;
 mod nft_lower;
+mod routing;
 pub mod rules;
 pub mod sticky;
+pub mod sysctls;
 pub mod weights;
 
 use std::net::IpAddr;
@@ -34,24 +36,9 @@ pub struct PlanInput<'a> {
     pub seed: u32,
 }
 
-/// Priorities inside `[rule_priority, rule_priority + 999]`, lowest first (SPEC §3).
-pub mod priority {
-    /// `lookup main suppress_prefixlength 0`
-    pub const SUPPRESS_MAIN: u32 = 0;
-    /// `from <link address> lookup <link table>`; with `fwmark 0/<mask>` when a rule
-    /// matches a cgroup, so that the mark nft gives such a connection after its
-    /// source was chosen routes it again to its link (see `nft_lower`).
-    pub const FROM_ADDRESS: u32 = 1;
-    /// `fwmark <main mark> lookup main`
-    pub const MAIN_MARK: u32 = 2;
-    /// `fwmark <link mark> lookup <link table>`
-    pub const LINK_MARK: u32 = 3;
-    /// First of the router-local steering rules (`iif lo …`); rules share priorities
-    /// where their order cannot matter (`rules::local_priorities`).
-    pub const LOCAL_RULES: u32 = 10;
-    /// `lookup table_base`: the `default` policy.
-    pub const DEFAULT_POLICY: u32 = 999;
-}
+/// Priorities inside `[rule_priority, rule_priority + 999]` (they live beside the
+/// rule-order logic that validation needs too).
+pub use crate::config::rule_order::priority;
 
 /// The main routing table's id.
 pub const MAIN_TABLE: u32 = 254;
@@ -225,139 +212,48 @@ pub fn plan(input: &PlanInput) -> Desired {
     let links = resolve(input);
     let default_policy = config.default_policy();
     let p0 = settings.rule_priority;
-    let base = settings.table_base;
-    let ipv6 = config
-        .links
-        .iter()
-        .any(|l| l.enabled && l.gateway6 != Gateway::None);
-    let families: &[Family] = if ipv6 {
+    let families: &[Family] = if sysctls::uses_ipv6(config) {
         &[Family::V4, Family::V6]
     } else {
         &[Family::V4]
     };
+    let ip_rules = routing::ip_rules(config, &links, &marks, families);
+    let routes = routing::routes(config, &links, &default_policy, &ip_rules, families);
+    let sysctls = sysctls::required(config, |ifname| {
+        links
+            .iter()
+            .any(|r| r.ifindex.is_some() && r.link.interface == ifname)
+    });
+    Desired {
+        table_names: table_names(config, &links, &routes),
+        rules: ip_rules,
+        routes,
+        nft: nft_lower::lower(input, &links, &marks),
+        sysctls,
+        owned_tables: owned_tables(settings.table_base),
+        owned_priorities: (p0, p0 + 999),
+        links: summaries(&default_policy, &links),
+        policies: std::iter::once(&default_policy)
+            .chain(config.policies.iter())
+            .map(|p| {
+                let active = selection(p, &links, None)
+                    .map(|chosen| chosen.iter().map(|(r, _)| r.link.name.clone()).collect())
+                    .unwrap_or_default();
+                (p.name.clone(), active)
+            })
+            .collect(),
+    }
+}
 
-    // Rules: they depend on config and addresses only, never on link states, so a
-    // failover never touches them.
-    let cgroup_steering = settings.local_traffic && config.rules.iter().any(|r| r.cgroup.is_some());
-    let mut ip_rules = Vec::new();
-    for &family in families {
-        let rule = |priority: u32, selector: RuleSelector, table: u32| IpRule {
-            family,
-            priority: p0 + priority,
-            selector,
-            table,
-        };
-        ip_rules.push(rule(
-            priority::SUPPRESS_MAIN,
-            RuleSelector {
-                suppress_prefixlength: Some(0),
-                ..Default::default()
-            },
-            MAIN_TABLE,
-        ));
-        for r in &links {
-            for addr in r
-                .addresses
-                .iter()
-                .filter(|a| Family::of(&a.addr()) == family)
-            {
-                ip_rules.push(rule(
-                    priority::FROM_ADDRESS,
-                    RuleSelector {
-                        from: Some(IpNet::from(addr.addr())),
-                        fwmark: cgroup_steering.then_some((0, marks.mask())),
-                        ..Default::default()
-                    },
-                    r.table,
-                ));
-            }
-        }
-        ip_rules.push(rule(
-            priority::MAIN_MARK,
-            RuleSelector {
-                fwmark: Some((marks.main(), marks.mask())),
-                ..Default::default()
-            },
-            MAIN_TABLE,
-        ));
-        for r in &links {
-            ip_rules.push(rule(
-                priority::LINK_MARK,
-                RuleSelector {
-                    fwmark: Some((r.mark, marks.mask())),
-                    ..Default::default()
-                },
-                r.table,
-            ));
-        }
-        if settings.local_traffic {
-            ip_rules.push(rule(
-                priority::DEFAULT_POLICY,
-                RuleSelector::default(),
-                base,
-            ));
-        }
-    }
-    if settings.local_traffic {
-        // Once for all families: working out their priorities compares rules pairwise.
-        ip_rules.extend(rules::local_rules(config, &links, families));
-    }
-    ip_rules.sort();
-    ip_rules.dedup();
-
-    // Routes: each link's table holds its way out whatever its state (probes need it),
-    // behind an `unreachable default` so marked packets never fall through.
-    let mut routes = Vec::new();
-    for &family in families {
-        for r in &links {
-            if let Some(hop) = r.route(family) {
-                routes.push(Route {
-                    family,
-                    table: r.table,
-                    dst: family.default_net(),
-                    metric: 0,
-                    kind: RouteKind::Unicast(vec![hop.clone()]),
-                });
-            }
-            routes.push(Route {
-                family,
-                table: r.table,
-                dst: family.default_net(),
-                metric: LAST_RESORT_METRIC,
-                kind: RouteKind::Unreachable,
-            });
-        }
-        if let Some(route) = default_policy_route(&default_policy, &links, family, base) {
-            routes.push(route);
-        }
-    }
-    routes.extend(steering_routes(config, &ip_rules, families, &links));
-    routes.sort();
-
-    let mut sysctls = vec![
-        sysctl("net/ipv4/icmp_errors_use_inbound_ifaddr", "1"),
-        sysctl("net/ipv4/fib_multipath_hash_policy", "1"),
-    ];
-    if ipv6 {
-        sysctls.push(sysctl("net/ipv6/fib_multipath_hash_policy", "1"));
-    }
-    for r in links.iter().filter(|r| r.ifindex.is_some()) {
-        let ifname = &r.link.interface;
-        sysctls.push(sysctl(
-            &format!("net/ipv4/conf/{ifname}/src_valid_mark"),
-            "1",
-        ));
-        if r.link.gateway6 == Gateway::Auto {
-            sysctls.push(sysctl(&format!("net/ipv6/conf/{ifname}/accept_ra"), "2"));
-        }
-    }
-    sysctls.sort();
-    sysctls.dedup();
-
+/// `rt_tables.d` names: the default policy's table, each link's, and those of named
+/// policies that hold routes.
+fn table_names(config: &Config, links: &[Resolved], routes: &[Route]) -> Vec<(u32, String)> {
+    let settings = &config.settings;
+    let base = settings.table_base;
     let mut table_names = Vec::new();
     if settings.table_names {
         table_names.push((base, settings.nft_table.clone()));
-        for r in &links {
+        for r in links {
             table_names.push((r.table, r.link.name.clone()));
         }
         for (i, p) in config.policies.iter().enumerate() {
@@ -367,9 +263,13 @@ pub fn plan(input: &PlanInput) -> Desired {
             }
         }
     }
+    table_names
+}
 
-    let shares = default_shares(&default_policy, &links);
-    let summaries = links
+/// What the planner decided about each link, for status and the log.
+fn summaries(default_policy: &Policy, links: &[Resolved]) -> Vec<LinkSummary> {
+    let shares = default_shares(default_policy, links);
+    links
         .iter()
         .map(|r| LinkSummary {
             name: r.link.name.clone(),
@@ -392,129 +292,7 @@ pub fn plan(input: &PlanInput) -> Desired {
             waiting: r.waiting.clone(),
             state: r.state,
         })
-        .collect();
-
-    Desired {
-        rules: ip_rules,
-        routes,
-        nft: nft_lower::lower(input, &links, &marks),
-        sysctls,
-        table_names,
-        owned_tables: owned_tables(base),
-        owned_priorities: (p0, p0 + 999),
-        links: summaries,
-        policies: std::iter::once(&default_policy)
-            .chain(config.policies.iter())
-            .map(|p| {
-                let active = selection(p, &links, None)
-                    .map(|chosen| chosen.iter().map(|(r, _)| r.link.name.clone()).collect())
-                    .unwrap_or_default();
-                (p.name.clone(), active)
-            })
-            .collect(),
-    }
-}
-
-/// Routes of the tables that router-local rules use: a named policy's selection, the
-/// `unreachable` and `blackhole` targets. Only tables some rule looks up are filled.
-fn steering_routes(
-    config: &Config,
-    ip_rules: &[IpRule],
-    families: &[Family],
-    links: &[Resolved],
-) -> Vec<Route> {
-    let base = config.settings.table_base;
-    let used = |table: u32| ip_rules.iter().any(|r| r.table == table);
-    let mut out = Vec::new();
-    for &family in families {
-        for (offset, kind) in [
-            (rules::TABLE_UNREACHABLE, RouteKind::Unreachable),
-            (rules::TABLE_BLACKHOLE, RouteKind::Blackhole),
-        ] {
-            if used(base + offset) {
-                out.push(Route {
-                    family,
-                    table: base + offset,
-                    dst: family.default_net(),
-                    metric: 0,
-                    kind,
-                });
-            }
-        }
-        for (i, policy) in config.policies.iter().enumerate() {
-            let table = base + rules::POLICY_TABLES + i as u32;
-            if used(table) {
-                out.extend(default_policy_route(policy, links, family, table));
-            }
-        }
-    }
-    out
-}
-
-/// The routing tables multiwan owns: `table_base ..= table_base + 511`, never the
-/// kernel's own `unspec` (0), `default` (253), `main` (254) and `local` (255), even
-/// when the range spans them (config validation rejects a link or policy whose table
-/// would land there).
-pub fn owned_tables(base: u32) -> Vec<u32> {
-    (base..=base.saturating_add(511))
-        .filter(|t| !matches!(t, 0 | 253..=255))
         .collect()
-}
-
-fn sysctl(key: &str, value: &str) -> Sysctl {
-    Sysctl {
-        key: key.to_string(),
-        value: value.to_string(),
-    }
-}
-
-/// The `default` policy's route for router-local traffic in one family: a weighted
-/// multipath default over the links it selects, or what its fallback says.
-fn default_policy_route(
-    policy: &Policy,
-    links: &[Resolved],
-    family: Family,
-    table: u32,
-) -> Option<Route> {
-    // No member can carry this family: nothing here, the main table decides.
-    if !policy.members.iter().any(|m| {
-        links
-            .iter()
-            .any(|r| r.link.name == m.link && r.route(family).is_some())
-    }) {
-        return None;
-    }
-    let kind = match selection(policy, links, Some(family)) {
-        Ok(chosen) => {
-            let mut hops: Vec<NextHop> = chosen
-                .iter()
-                .filter_map(|(r, w)| {
-                    r.route(family).map(|h| NextHop {
-                        weight: *w,
-                        ..h.clone()
-                    })
-                })
-                .collect();
-            match hops.len() {
-                0 => return None,
-                // A single path carries no weight in the kernel.
-                1 => hops[0].weight = 1,
-                _ => {}
-            }
-            RouteKind::Unicast(hops)
-        }
-        Err(Fallback::Unreachable) => RouteKind::Unreachable,
-        Err(Fallback::Blackhole) => RouteKind::Blackhole,
-        // Nothing here: the lookup falls through to the main table.
-        Err(Fallback::Main) | Err(Fallback::All) => return None,
-    };
-    Some(Route {
-        family,
-        table,
-        dst: family.default_net(),
-        metric: 0,
-        kind,
-    })
 }
 
 /// Share of the `default` policy's new connections per link name, percent.
@@ -530,4 +308,14 @@ fn default_shares<'a>(policy: &Policy, links: &[Resolved<'a>]) -> Vec<(&'a str, 
         }
         Err(_) => Vec::new(),
     }
+}
+
+/// The routing tables multiwan owns: `table_base ..= table_base + 511`, never the
+/// kernel's own `unspec` (0), `default` (253), `main` (254) and `local` (255), even
+/// when the range spans them (config validation rejects a link or policy whose table
+/// would land there).
+pub fn owned_tables(base: u32) -> Vec<u32> {
+    (base..=base.saturating_add(511))
+        .filter(|t| !matches!(t, 0 | 253..=255))
+        .collect()
 }

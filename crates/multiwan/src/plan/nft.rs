@@ -1,10 +1,12 @@
 //! The nftables part of the desired state, as a small closed vocabulary of objects
-//! and statements. The planner lowers policies and links into it; `render::nft_text`
+//! and statements. The planner lowers policies and links into it; [`text`]
 //! prints it as `nft -f` input and `kernel::nft` sends it as one JSON batch. Keeping
 //! the vocabulary closed is what lets the two renderers stay equivalent (a test loads
 //! both and compares what the kernel lists).
 
 use ipnet::{Ipv4Net, Ipv6Net};
+
+pub mod text;
 
 /// `table inet <name>` and everything in it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -60,9 +60,42 @@ const RESTORE_MAIN: &str = "restore_main";
 pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -> NftTable {
     let config = input.config;
     let settings = &config.settings;
-    let mut chains = Vec::new();
+    let mut chains = link_chains(links, marks);
 
-    // Per link: restore and mark chains (reached by jump/goto, so listed first).
+    // Policies: the default one (named ones come with rules).
+    let default_policy = config.default_policy();
+    chains.push(policy_chain_for(&default_policy, links, input.seed));
+    chains.extend(rules::policy_chains(config, links, input.seed));
+
+    chains.extend(classify_chains(input, &default_policy));
+    chains.push(prerouting(input, links, marks));
+    let output_rules = if settings.local_traffic && !links.is_empty() {
+        rules::output_rules(config)
+    } else {
+        Vec::new()
+    };
+    if !output_rules.is_empty() {
+        chains.push(route_output(links, marks, output_rules));
+    }
+    chains.push(postrouting(links, marks));
+    chains.push(forward(links));
+    chains.push(nat_postrouting(links));
+
+    let mut table = NftTable {
+        name: settings.nft_table.clone(),
+        counters: links.iter().map(|r| counter_name(&r.link.name)).collect(),
+        sets: bypass_sets(input),
+        chains,
+        digest: String::new(),
+    };
+    table.digest = digest(&table);
+    table
+}
+
+/// Per link: restore and mark chains, and those of the reserved main mark (reached by
+/// jump/goto, so listed first).
+fn link_chains(links: &[Resolved], marks: &MarkLayout) -> Vec<NftChain> {
+    let mut chains = Vec::new();
     for r in links {
         let name = &r.link.name;
         chains.push(NftChain {
@@ -93,21 +126,17 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
             set_mark(MarkKind::Ct, marks, marks.main()),
         ],
     });
+    chains
+}
 
-    // Policies: the default one (named ones come with rules).
-    let default_policy = config.default_policy();
-    chains.push(policy_chain_for(&default_policy, links, input.seed));
-    chains.extend(rules::policy_chains(config, links, input.seed));
-
-    // classify: what a new LAN connection gets.
+/// `classify`: what a new LAN connection gets; preceded by the one-rule reject and
+/// drop chains its verdict maps go to, when they do.
+fn classify_chains(input: &PlanInput, default_policy: &Policy) -> Vec<NftChain> {
+    let config = input.config;
+    let mut chains = Vec::new();
     let mut classify = not_policy_routed();
-    let log_group = (settings.log_group != 0).then_some(settings.log_group);
+    let log_group = (config.settings.log_group != 0).then_some(config.settings.log_group);
     classify.extend(rules::classify_rules(config, log_group));
-    let output_rules = if settings.local_traffic && !links.is_empty() {
-        rules::output_rules(config)
-    } else {
-        Vec::new()
-    };
     let goes_to = |rules: &[NftRule], chain: &str| {
         rules.iter().any(|r| {
             r.actions.iter().any(|a| match a {
@@ -142,14 +171,18 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
         hook: None,
         rules: classify,
     });
+    chains
+}
 
-    // prerouting
+/// The first rules of `prerouting` and `route_output`: a connection that has a link
+/// gets its mark back, and nothing else happens to it.
+fn keeps_its_link(links: &[Resolved], marks: &MarkLayout) -> [NftRule; 2] {
     let mut restore: Vec<(u32, Verdict)> = links
         .iter()
         .map(|r| (r.mark, Verdict::Jump(restore_chain(&r.link.name))))
         .collect();
     restore.push((marks.main(), Verdict::Jump(RESTORE_MAIN.into())));
-    let keeps_its_link = [
+    [
         NftRule::new(
             vec![],
             vec![Action::CtMarkVmap {
@@ -166,8 +199,11 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
             }],
             vec![Action::Verdict(Verdict::Return)],
         ),
-    ];
-    let mut pre = keeps_its_link.to_vec();
+    ]
+}
+
+fn prerouting(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -> NftChain {
+    let mut pre = keeps_its_link(links, marks).to_vec();
     pre.extend([
         NftRule::new(
             vec![Match::IifLoopback],
@@ -187,7 +223,7 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
         );
     }
     let to_classify = Action::Verdict(Verdict::Goto(CHAIN_CLASSIFY.into()));
-    pre.push(match &settings.lan {
+    pre.push(match &input.config.settings.lan {
         Some(lan) if lan.is_empty() => NftRule::new(vec![], vec![Action::Verdict(Verdict::Return)]),
         Some(lan) => NftRule::new(
             vec![Match::Iifname {
@@ -198,7 +234,7 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
         ),
         None => NftRule::new(vec![], vec![to_classify]),
     });
-    chains.push(NftChain {
+    NftChain {
         name: "prerouting".into(),
         hook: Some(BaseChain {
             kind: ChainKind::Filter,
@@ -206,41 +242,43 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
             priority: PRIORITY_MANGLE,
         }),
         rules: pre,
-    });
-
-    // route_output: router-local connections by cgroup (see the module docs).
-    if !output_rules.is_empty() {
-        let mut out = keeps_its_link.to_vec();
-        out.push(NftRule::new(
-            vec![Match::CtStateNew(Cmp::Ne)],
-            vec![Action::Verdict(Verdict::Return)],
-        ));
-        out.push(
-            NftRule::new(
-                vec![Match::MetaMark {
-                    mask: marks.mask(),
-                    cmp: Cmp::Ne,
-                    value: 0,
-                }],
-                vec![Action::Verdict(Verdict::Return)],
-            )
-            .with_comment("marked by its socket: health-check probes"),
-        );
-        out.extend(not_policy_routed());
-        out.extend(output_rules);
-        chains.push(NftChain {
-            name: CHAIN_ROUTE_OUTPUT.into(),
-            hook: Some(BaseChain {
-                kind: ChainKind::Route,
-                hook: Hook::Output,
-                priority: PRIORITY_MANGLE,
-            }),
-            rules: out,
-        });
     }
+}
 
-    // postrouting: record the link of connections that got none on the way in
-    // (router-local ones), by the interface they leave through.
+/// `route_output`: router-local connections by cgroup (see the module docs).
+fn route_output(links: &[Resolved], marks: &MarkLayout, output_rules: Vec<NftRule>) -> NftChain {
+    let mut out = keeps_its_link(links, marks).to_vec();
+    out.push(NftRule::new(
+        vec![Match::CtStateNew(Cmp::Ne)],
+        vec![Action::Verdict(Verdict::Return)],
+    ));
+    out.push(
+        NftRule::new(
+            vec![Match::MetaMark {
+                mask: marks.mask(),
+                cmp: Cmp::Ne,
+                value: 0,
+            }],
+            vec![Action::Verdict(Verdict::Return)],
+        )
+        .with_comment("marked by its socket: health-check probes"),
+    );
+    out.extend(not_policy_routed());
+    out.extend(output_rules);
+    NftChain {
+        name: CHAIN_ROUTE_OUTPUT.into(),
+        hook: Some(BaseChain {
+            kind: ChainKind::Route,
+            hook: Hook::Output,
+            priority: PRIORITY_MANGLE,
+        }),
+        rules: out,
+    }
+}
+
+/// `postrouting`: record the link of connections that got none on the way in
+/// (router-local ones), by the interface they leave through.
+fn postrouting(links: &[Resolved], marks: &MarkLayout) -> NftChain {
     let mut post = Vec::new();
     if !links.is_empty() {
         post.push(NftRule::new(
@@ -262,7 +300,7 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
             vec![Action::OifnameVmap(by_interface(links))],
         ));
     }
-    chains.push(NftChain {
+    NftChain {
         name: "postrouting".into(),
         hook: Some(BaseChain {
             kind: ChainKind::Filter,
@@ -270,9 +308,11 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
             priority: PRIORITY_MANGLE,
         }),
         rules: post,
-    });
+    }
+}
 
-    // forward: MSS clamping.
+/// `forward`: MSS clamping.
+fn forward(links: &[Resolved]) -> NftChain {
     let clamp: Vec<NftRule> = links
         .iter()
         .filter(|r| r.link.mss_clamp)
@@ -283,7 +323,7 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
             )
         })
         .collect();
-    chains.push(NftChain {
+    NftChain {
         name: "forward".into(),
         hook: Some(BaseChain {
             kind: ChainKind::Filter,
@@ -291,9 +331,11 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
             priority: PRIORITY_MANGLE,
         }),
         rules: clamp,
-    });
+    }
+}
 
-    // nat: masquerade per link and family.
+/// `nat_postrouting`: masquerade per link and family.
+fn nat_postrouting(links: &[Resolved]) -> NftChain {
     let mut nat = Vec::new();
     for r in links {
         let ifname = &r.link.interface;
@@ -316,7 +358,7 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
             ));
         }
     }
-    chains.push(NftChain {
+    NftChain {
         name: "nat_postrouting".into(),
         hook: Some(BaseChain {
             kind: ChainKind::Nat,
@@ -324,8 +366,11 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
             priority: PRIORITY_SRCNAT,
         }),
         rules: nat,
-    });
+    }
+}
 
+/// The destinations the main table reaches by a specific route, per family.
+fn bypass_sets(input: &PlanInput) -> Vec<NftSet> {
     let mut bypass4: Vec<ipnet::Ipv4Net> = Vec::new();
     let mut bypass6: Vec<ipnet::Ipv6Net> = Vec::new();
     for net in &input.facts.main_prefixes {
@@ -335,27 +380,16 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
         }
     }
     // Overlapping intervals are refused by nft: keep the widest.
-    bypass4 = ipnet::Ipv4Net::aggregate(&bypass4);
-    bypass6 = ipnet::Ipv6Net::aggregate(&bypass6);
-
-    let mut table = NftTable {
-        name: settings.nft_table.clone(),
-        counters: links.iter().map(|r| counter_name(&r.link.name)).collect(),
-        sets: vec![
-            NftSet {
-                name: SET_BYPASS4.into(),
-                elements: SetElements::Ipv4(bypass4),
-            },
-            NftSet {
-                name: SET_BYPASS6.into(),
-                elements: SetElements::Ipv6(bypass6),
-            },
-        ],
-        chains,
-        digest: String::new(),
-    };
-    table.digest = digest(&table);
-    table
+    vec![
+        NftSet {
+            name: SET_BYPASS4.into(),
+            elements: SetElements::Ipv4(ipnet::Ipv4Net::aggregate(&bypass4)),
+        },
+        NftSet {
+            name: SET_BYPASS6.into(),
+            elements: SetElements::Ipv6(ipnet::Ipv6Net::aggregate(&bypass6)),
+        },
+    ]
 }
 
 /// Each link's interface → its mark chain: a connection is the link's by where it

@@ -17,6 +17,8 @@ use super::nft_lower::{
     policy_chain, policy_chain_for, CHAIN_BLACKHOLE, CHAIN_UNREACHABLE, MARK_MAIN,
 };
 use super::{priority, Family, IpRule, Resolved, RuleSelector, MAIN_TABLE};
+use crate::config::rule_order::{applies_locally, local_ip_rule};
+pub use crate::config::rule_order::{local_priorities, LOCAL_PRIORITIES};
 use crate::config::{Config, Fallback, Policy, PolicyMember, Protocol, Rule, RuleTarget, Sticky};
 
 /// Offsets inside `table_base + 256 ..= table_base + 511`.
@@ -215,7 +217,7 @@ impl<'c> DestinationGroup<'c> {
     fn lower(self, config: &Config, log_group: Option<u16>, out: &mut Vec<NftRule>) {
         match self.rules.as_slice() {
             [] => {}
-            [rule] => out.extend(rule_as_classify(config, rule, log_group)),
+            [rule] => out.extend(rule_as_nft(config, rule, log_group)),
             [first, .., last] => {
                 let comment = format!(
                     "{} rules, {} to {}",
@@ -280,10 +282,6 @@ fn uncovered(n: IpNet, inside: &[IpNet]) -> Vec<IpNet> {
         .collect()
 }
 
-fn overlap(a: &IpNet, b: &IpNet) -> bool {
-    a.contains(b) || b.contains(a)
-}
-
 /// The `classify` rules of `[[rules]]`, in order (first match wins). A rule with
 /// prefixes of both families becomes one nft rule per family; `user` and `cgroup`
 /// rules match router-local traffic only, so they never appear here. Runs of
@@ -301,7 +299,7 @@ pub(crate) fn classify_rules(config: &Config, log_group: Option<u16>) -> Vec<Nft
         }
         if !destination_only(rule) {
             std::mem::take(&mut group).lower(config, log_group, &mut out);
-            out.extend(rule_as_classify(config, rule, log_group));
+            out.extend(rule_as_nft(config, rule, log_group));
             continue;
         }
         let verdict = match target_verdict(config, rule) {
@@ -315,8 +313,9 @@ pub(crate) fn classify_rules(config: &Config, log_group: Option<u16>) -> Vec<Nft
     out
 }
 
-/// One rule's `classify` rules, one per family it needs.
-fn rule_as_classify(config: &Config, rule: &Rule, log_group: Option<u16>) -> Vec<NftRule> {
+/// One rule's nft rules (in `classify`, or in `route_output` for a cgroup rule), one
+/// per family it needs, each logging the connection first when the rule says `log`.
+fn rule_as_nft(config: &Config, rule: &Rule, log_group: Option<u16>) -> Vec<NftRule> {
     let verdict = target_verdict(config, rule);
     rule_families(rule)
         .into_iter()
@@ -344,23 +343,23 @@ pub(crate) fn output_rules(config: &Config) -> Vec<NftRule> {
     let Some(last) = config.rules.iter().rposition(|r| r.cgroup.is_some()) else {
         return Vec::new();
     };
+    let log_group = (config.settings.log_group != 0).then_some(config.settings.log_group);
     let mut out = Vec::new();
     for rule in &config.rules[..=last] {
-        let verdict = if rule.cgroup.is_some() && applies_locally(rule) {
-            target_verdict(config, rule)
+        if rule.cgroup.is_some() && applies_locally(rule) {
+            // Matched here, so logged here (validation refuses `log` where no nft rule
+            // would see the connection).
+            out.extend(rule_as_nft(config, rule, log_group));
         } else if local_ip_rule(rule) {
-            Verdict::Return
-        } else {
-            continue;
-        };
-        for family in rule_families(rule) {
-            out.push(
-                NftRule::new(
-                    rule_matches(rule, family),
-                    vec![Action::Verdict(verdict.clone())],
-                )
-                .with_comment(format!("rule {}", rule.name)),
-            );
+            for family in rule_families(rule) {
+                out.push(
+                    NftRule::new(
+                        rule_matches(rule, family),
+                        vec![Action::Verdict(Verdict::Return)],
+                    )
+                    .with_comment(format!("rule {}", rule.name)),
+                );
+            }
         }
     }
     out
@@ -422,81 +421,6 @@ pub(crate) fn local_table(config: &Config, rule: &Rule, links: &[Resolved]) -> O
             }
         }
     })
-}
-
-/// Whether a rule can match router-local traffic at all: not by input interface or
-/// source (forwarded traffic), and by at least one selector.
-fn applies_locally(rule: &Rule) -> bool {
-    rule.input_interface.is_none()
-        && rule.source.is_empty()
-        && (!rule.destination.is_empty()
-            || rule.protocol != Protocol::Any
-            || !rule.destination_port.is_empty()
-            || rule.user.is_some()
-            || rule.cgroup.is_some())
-}
-
-/// Whether a rule becomes `iif lo` ip rules (cgroup rules are matched in nft instead).
-fn local_ip_rule(rule: &Rule) -> bool {
-    applies_locally(rule) && rule.cgroup.is_none()
-}
-
-/// Whether some router-local packet could match both rules (by destination, protocol,
-/// ports and user).
-fn may_overlap(a: &Rule, b: &Rule) -> bool {
-    // Cheap tests first: for the common "many destinations" config only the prefix
-    // test below does any work. Prefixes were validated to have no host bits.
-    let proto =
-        a.protocol == Protocol::Any || b.protocol == Protocol::Any || a.protocol == b.protocol;
-    let user = a.user.is_none() || b.user.is_none() || a.user == b.user;
-    if !(proto && user) {
-        return false;
-    }
-    let ports = a.destination_port.is_empty()
-        || b.destination_port.is_empty()
-        || a.destination_port.iter().any(|p| {
-            b.destination_port
-                .iter()
-                .any(|q| p.first <= q.last && q.first <= p.last)
-        });
-    ports
-        && (a.destination.is_empty()
-            || b.destination.is_empty()
-            || a.destination
-                .iter()
-                .any(|n| b.destination.iter().any(|m| overlap(n, m))))
-}
-
-/// Number of priorities router-local rules can use: `LOCAL_RULES ..= DEFAULT_POLICY - 1`.
-pub const LOCAL_PRIORITIES: u32 = priority::DEFAULT_POLICY - priority::LOCAL_RULES;
-
-/// The priority offset (from `LOCAL_RULES`) of each rule's `iif lo` ip rules, `None`
-/// for rules that have none. Rules of one priority are evaluated in the order they
-/// were added, which an apply that only adds what is missing cannot keep, so a rule
-/// is put after every earlier rule that could match the same packet and sends it
-/// elsewhere, and no further: rules that cannot both match one packet, or that go to
-/// the same place, share a priority. A thousand rules for distinct destinations use
-/// one priority; only chains of overlapping rules with different targets need more
-/// (validation refuses configs that need more than [`LOCAL_PRIORITIES`]).
-pub fn local_priorities(rules: &[Rule]) -> Vec<Option<u32>> {
-    let mut out: Vec<Option<u32>> = vec![None; rules.len()];
-    for (i, rule) in rules.iter().enumerate() {
-        if !local_ip_rule(rule) {
-            continue;
-        }
-        let level = rules[..i]
-            .iter()
-            .zip(&out)
-            .filter_map(|(earlier, level)| {
-                let level = (*level)?;
-                let same_place = earlier.target == rule.target && earlier.fallback == rule.fallback;
-                (!same_place && may_overlap(earlier, rule)).then_some(level + 1)
-            })
-            .max()
-            .unwrap_or(0);
-        out[i] = Some(level);
-    }
-    out
 }
 
 /// `iif lo` rules steering router-local connections by destination, protocol, port and
@@ -581,78 +505,6 @@ mod tests {
         format!("[[rules]]\n{fields}\npolicy = \"{policy}\"\n")
     }
 
-    #[test]
-    fn local_rules_share_priorities_where_order_cannot_matter() {
-        let c = config(
-            &[
-                rule("destination = [\"198.18.1.0/24\"]", "a"),
-                rule("destination = [\"198.18.2.0/24\"]", "b"),
-                // Overlaps the first, other target: after it.
-                rule("destination = [\"198.18.1.7/32\"]", "b"),
-                // Overlaps the first, same target: beside it.
-                rule("destination = [\"198.18.1.8/32\"]", "a"),
-                // Any destination, tcp: overlaps 1-4; after 3 (b -> a).
-                rule("protocol = \"tcp\"", "a"),
-                // udp 53 overlaps the destination rules but not the tcp one.
-                rule("protocol = \"udp\"\ndestination_port = [53]", "b"),
-                // Forwarded only, and cgroup: no ip rules.
-                rule("source = [\"192.0.2.0/24\"]", "a"),
-                rule("cgroup = \"x.slice\"", "b"),
-                // Another user: cannot overlap a user-less rule? It can (user-less
-                // rules match every user): after the udp rule (b) and the tcp rule (a).
-                rule("user = 1000\nprotocol = \"udp\"", "a"),
-            ]
-            .concat(),
-        );
-        assert_eq!(
-            local_priorities(&c.rules),
-            vec![
-                Some(0),
-                Some(0),
-                Some(1),
-                Some(0),
-                Some(2),
-                Some(1),
-                None,
-                None,
-                Some(2),
-            ]
-        );
-    }
-
-    #[test]
-    fn a_thousand_distinct_destinations_use_one_priority() {
-        let rules: String = (0..1000)
-            .map(|i| {
-                rule(
-                    &format!("destination = [\"198.18.{}.{}/32\"]", i / 250, i % 250),
-                    if i % 2 == 0 { "a" } else { "b" },
-                )
-            })
-            .collect();
-        let c = config(&rules);
-        assert!(local_priorities(&c.rules).iter().all(|l| *l == Some(0)));
-    }
-
-    #[test]
-    fn validation_refuses_more_overlapping_levels_than_priorities() {
-        let chain = |n: usize| -> String {
-            (0..n)
-                .map(|i| rule("protocol = \"tcp\"", if i % 2 == 0 { "a" } else { "b" }))
-                .collect()
-        };
-        let n = LOCAL_PRIORITIES as usize;
-        let c = config(&chain(n));
-        assert_eq!(
-            local_priorities(&c.rules)[n - 1],
-            Some(LOCAL_PRIORITIES - 1)
-        );
-        let errs = crate::config::parse(&format!("{LINKS}{}", chain(n + 1)), Path::new("t.toml"))
-            .unwrap_err();
-        assert_eq!(errs.0.len(), 1, "{errs}");
-        assert_eq!(errs.0[0].key, format!("rules[{}]", n + 1));
-    }
-
     /// Forwarded traffic: runs of destination-only rules become verdict maps without
     /// changing which rule matches first.
     #[test]
@@ -713,6 +565,7 @@ mod tests {
 #[cfg(test)]
 mod first_match_tests {
     use super::*;
+    use crate::config::rule_order::overlap;
 
     fn rule(dst: &str, target: &str) -> Rule {
         Rule {

@@ -32,17 +32,29 @@ pub(crate) fn query_name(query: &str) -> Result<Name, ProbeError> {
 }
 
 pub(crate) async fn probe(ep: &ProbeEndpoint, resolver: IpAddr, name: &Name) -> ProbeOutcome {
-    match exchange(ep, resolver, name).await {
-        Ok(outcome) => outcome,
+    let started = Instant::now();
+    match query(ep, resolver, name, RecordType::A).await {
+        Ok(answer) => match answer.metadata.response_code {
+            ResponseCode::NoError => ProbeOutcome::Answered(started.elapsed()),
+            code => ProbeOutcome::Failed(format!(
+                "{resolver} answered {name} with {}",
+                rcode_text(code)
+            )),
+        },
         Err(reason) => ProbeOutcome::Failed(reason),
     }
 }
 
-async fn exchange(
+/// Sends one query for `name`/`rtype` to `resolver` through the link (pinned like every
+/// probe) and returns the response, whatever its response code. Waits until a matching
+/// response arrives: the caller bounds the time. Also used to resolve probe URLs' host
+/// names through their link (`super::resolve`).
+pub(crate) async fn query(
     ep: &ProbeEndpoint,
     resolver: IpAddr,
     name: &Name,
-) -> Result<ProbeOutcome, String> {
+    rtype: RecordType,
+) -> Result<Message, String> {
     let server = SocketAddr::new(resolver, DNS_PORT);
     let local = source_for(ep, resolver).map_err(|e| e.to_string())?;
     let socket = link_socket(ep, local, Type::DGRAM, Protocol::UDP).map_err(|e| e.to_string())?;
@@ -56,39 +68,44 @@ async fn exchange(
     let id = random_u16();
     let mut query = Message::new(id, MessageType::Query, OpCode::Query);
     query.metadata.recursion_desired = true;
-    query.add_query(Query::query(name.clone(), RecordType::A));
+    query.add_query(Query::query(name.clone(), rtype));
     let bytes = query
         .to_vec()
         .map_err(|e| format!("cannot encode the DNS query for {name}: {e}"))?;
 
-    let started = Instant::now();
     socket
         .send(&bytes)
         .await
         .map_err(|e| io_reason(server, &e))?;
-    let mut buf = [0u8; 1500];
+    let mut buf = [0u8; 4096];
     loop {
         let n = socket
             .recv(&mut buf)
             .await
             .map_err(|e| io_reason(server, &e))?;
-        let rtt = started.elapsed();
         // Garbage or an answer to someone else's query: keep waiting (the deadline
         // still applies).
         let Ok(answer) = Message::from_vec(&buf[..n]) else {
             continue;
         };
-        if answer.metadata.id != id || answer.metadata.message_type != MessageType::Response {
+        // Some servers leave the question out of an error response.
+        let same_question = answer
+            .queries
+            .first()
+            .is_none_or(|q| q.name() == name && q.query_type() == rtype);
+        if answer.metadata.id != id
+            || answer.metadata.message_type != MessageType::Response
+            || !same_question
+        {
             continue;
         }
-        return Ok(match answer.metadata.response_code {
-            ResponseCode::NoError => ProbeOutcome::Answered(rtt),
-            code => ProbeOutcome::Failed(format!(
-                "{resolver} answered {name} with {} ({code})",
-                rcode_name(code)
-            )),
-        });
+        return Ok(answer);
     }
+}
+
+/// `SERVFAIL (Server Failure)`, for reasons.
+pub(crate) fn rcode_text(code: ResponseCode) -> String {
+    format!("{} ({code})", rcode_name(code))
 }
 
 fn rcode_name(code: ResponseCode) -> String {

@@ -1,40 +1,47 @@
-//! HTTP probes: `GET` over a pinned TCP connection, good when the status is below 400.
+//! HTTP and HTTPS probes: `GET` over a pinned TCP connection (TLS on top for
+//! `https://`), good when the status is below 400.
 //!
 //! Deliberately minimal (HTTP/1.1, `Connection: close`, only the status line is read):
 //! the probe asks "does the link reach this web server", not "is the page right".
+//! Not hyper: a probe needs one request and one status line, and hyper's client would
+//! add a connection task per probe and four crates to read it; the request written here
+//! is a fixed string, and the status line is all that is parsed.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
-use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
+use super::resolve::LinkResolver;
+use super::tls::Trust;
 use super::{tcp, ProbeEndpoint, ProbeError, ProbeOutcome};
 
-/// How long a resolved host name is reused.
-const RESOLVE_TTL: Duration = Duration::from_secs(60);
 /// A status line longer than this is not HTTP.
 const MAX_HEAD: usize = 4096;
 
-/// A parsed `http://` URL.
+/// A parsed `http://` or `https://` URL.
 #[derive(Debug)]
 pub(crate) struct HttpTarget {
     url: String,
+    tls: bool,
     host: Host,
     port: u16,
     /// The `Host` header: the authority as written.
     authority: String,
     /// Path and query, at least `/`.
     path: String,
-    /// Addresses a host name resolved to, and when.
-    resolved: Mutex<Option<(Vec<IpAddr>, Instant)>>,
 }
 
 #[derive(Debug, PartialEq)]
 enum Host {
     Ip(IpAddr),
     Name(String),
+}
+
+/// What a link's URL probes share: its resolver and its TLS trust anchors.
+pub(crate) struct Context<'a> {
+    pub(crate) resolver: &'a LinkResolver,
+    pub(crate) trust: &'a Trust,
 }
 
 impl HttpTarget {
@@ -44,15 +51,13 @@ impl HttpTarget {
             reason: reason.to_string(),
         };
         let lower = url.to_ascii_lowercase();
-        if lower.starts_with("https://") {
-            return Err(ProbeError::HttpsUnsupported {
-                url: url.to_string(),
-            });
-        }
-        if !lower.starts_with("http://") {
-            return Err(bad("not an http:// URL"));
-        }
-        let rest = &url["http://".len()..];
+        let (tls, rest) = if lower.starts_with("https://") {
+            (true, &url["https://".len()..])
+        } else if lower.starts_with("http://") {
+            (false, &url["http://".len()..])
+        } else {
+            return Err(bad("not an http:// or https:// URL"));
+        };
         let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         let (authority, tail) = rest.split_at(end);
         let tail = tail.split('#').next().unwrap_or("");
@@ -81,6 +86,7 @@ impl HttpTarget {
             (host, port)
         };
         let port = match port {
+            None if tls => 443,
             None => 80,
             Some(p) => p.parse().map_err(|_| bad("bad port"))?,
         };
@@ -89,92 +95,106 @@ impl HttpTarget {
         }
         Ok(HttpTarget {
             url: url.to_string(),
+            tls,
             host,
             port,
             authority: authority.to_string(),
             path,
-            resolved: Mutex::new(None),
         })
     }
 
-    pub(crate) async fn probe(&self, ep: &ProbeEndpoint) -> ProbeOutcome {
-        let ip = match self.address(ep).await {
-            Ok(ip) => ip,
-            Err(reason) => return ProbeOutcome::Failed(reason),
-        };
-        // The RTT covers connect, request and status line, not name resolution.
+    /// One probe. Name resolution (through the link, [`LinkResolver`]) gets at most half
+    /// of the time left until `deadline`, so that a slow resolver with a good cached
+    /// answer still leaves time to probe.
+    pub(crate) async fn probe(
+        &self,
+        ep: &ProbeEndpoint,
+        cx: &Context<'_>,
+        deadline: Instant,
+    ) -> ProbeOutcome {
+        match self.exchange(ep, cx, deadline).await {
+            Ok(outcome) => outcome,
+            Err(reason) => ProbeOutcome::Failed(format!("{}: {reason}", self.url)),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        ep: &ProbeEndpoint,
+        cx: &Context<'_>,
+        deadline: Instant,
+    ) -> Result<ProbeOutcome, String> {
+        let ip = self.address(ep, cx.resolver, deadline).await?;
+        // The RTT covers connect, TLS handshake, request and status line, not name
+        // resolution.
         let started = Instant::now();
-        let target = SocketAddr::new(ip, self.port);
-        let mut stream = match tcp::connect(ep, target).await {
-            Ok(stream) => stream,
-            Err(reason) => return ProbeOutcome::Failed(reason),
+        let stream = tcp::connect(ep, SocketAddr::new(ip, self.port)).await?;
+        let line = if self.tls {
+            let host = match &self.host {
+                Host::Ip(ip) => ip.to_string(),
+                Host::Name(name) => name.clone(),
+            };
+            let stream = cx.trust.handshake(stream, &host).await?;
+            self.status_line(stream).await?
+        } else {
+            self.status_line(stream).await?
         };
+        Ok(match status_code(&line) {
+            Some(code) if code < 400 => ProbeOutcome::Answered(started.elapsed()),
+            Some(code) => ProbeOutcome::Failed(format!("{}: HTTP status {code}", self.url)),
+            None => ProbeOutcome::Failed(format!("{}: not an HTTP response", self.url)),
+        })
+    }
+
+    /// Sends the request and reads the response's first line.
+    async fn status_line<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut stream: S,
+    ) -> Result<String, String> {
         let request = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: multiwan-probe\r\nAccept: */*\r\n\
              Connection: close\r\n\r\n",
             self.path, self.authority
         );
-        if let Err(e) = stream.write_all(request.as_bytes()).await {
-            return ProbeOutcome::Failed(format!("{}: cannot send the request: {e}", self.url));
-        }
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("cannot send the request: {e}"))?;
         let mut head = Vec::with_capacity(256);
         let mut buf = [0u8; 512];
-        let line = loop {
+        loop {
             match stream.read(&mut buf).await {
-                Ok(0) => {
-                    return ProbeOutcome::Failed(format!(
-                        "{}: connection closed before a response",
-                        self.url
-                    ))
-                }
+                Ok(0) => return Err("connection closed before a response".to_string()),
                 Ok(n) => head.extend_from_slice(&buf[..n]),
-                Err(e) => return ProbeOutcome::Failed(format!("{}: {e}", self.url)),
+                Err(e) => return Err(e.to_string()),
             }
             if let Some(end) = head.iter().position(|&b| b == b'\n') {
-                break String::from_utf8_lossy(&head[..end]).into_owned();
+                return Ok(String::from_utf8_lossy(&head[..end]).into_owned());
             }
             if head.len() > MAX_HEAD {
-                return ProbeOutcome::Failed(format!("{}: no HTTP status line", self.url));
+                return Err("no HTTP status line".to_string());
             }
-        };
-        match status_code(&line) {
-            Some(code) if code < 400 => ProbeOutcome::Answered(started.elapsed()),
-            Some(code) => ProbeOutcome::Failed(format!("{}: HTTP status {code}", self.url)),
-            None => ProbeOutcome::Failed(format!("{}: not an HTTP response", self.url)),
         }
     }
 
-    /// The address to connect to: the literal, or the host name resolved by the system
-    /// resolver (cached), in a family the link has a source address for.
-    async fn address(&self, ep: &ProbeEndpoint) -> Result<IpAddr, String> {
-        let usable = |ip: &IpAddr| match ip {
-            IpAddr::V4(_) => ep.source4.is_some(),
-            IpAddr::V6(_) => ep.source6.is_some(),
-        };
+    /// The address to connect to: the literal, or the host name resolved through the
+    /// link, in a family the link has a source address for (IPv4 first).
+    async fn address(
+        &self,
+        ep: &ProbeEndpoint,
+        resolver: &LinkResolver,
+        deadline: Instant,
+    ) -> Result<IpAddr, String> {
         let name = match &self.host {
             Host::Ip(ip) => return Ok(*ip),
             Host::Name(name) => name,
         };
-        let cached = self
-            .resolved
-            .lock()
-            .expect("http resolve cache poisoned")
-            .as_ref()
-            .filter(|(_, at)| at.elapsed() < RESOLVE_TTL)
-            .map(|(ips, _)| ips.clone());
-        let ips = match cached {
-            Some(ips) => ips,
-            None => {
-                // getaddrinfo on tokio's blocking pool, never on the runtime thread.
-                let ips: Vec<IpAddr> = tokio::net::lookup_host((name.as_str(), self.port))
-                    .await
-                    .map_err(|e| format!("{}: cannot resolve {name}: {e}", self.url))?
-                    .map(|a| a.ip())
-                    .collect();
-                *self.resolved.lock().expect("http resolve cache poisoned") =
-                    Some((ips.clone(), Instant::now()));
-                ips
-            }
+        let now = Instant::now();
+        let dns_deadline = now + deadline.saturating_duration_since(now) / 2;
+        let ips = resolver.resolve(ep, name, self.port, dns_deadline).await?;
+        let usable = |ip: &IpAddr| match ip {
+            IpAddr::V4(_) => ep.source4.is_some(),
+            IpAddr::V6(_) => ep.source6.is_some(),
         };
         ips.iter()
             .copied()
@@ -182,8 +202,8 @@ impl HttpTarget {
             .or_else(|| ips.iter().copied().find(usable))
             .ok_or_else(|| {
                 format!(
-                    "{}: {name} has no address in a family {} has an address for",
-                    self.url, ep.ifname
+                    "{name} has no address in a family {} has an address for",
+                    ep.ifname
                 )
             })
     }
@@ -224,10 +244,10 @@ mod tests {
         assert_eq!(t.host, Host::Name("example.com".into()));
         assert_eq!(t.path, "/?q");
 
-        assert!(matches!(
-            HttpTarget::parse("https://example.com/"),
-            Err(ProbeError::HttpsUnsupported { .. })
-        ));
+        let t = HttpTarget::parse("https://example.com/x").unwrap();
+        assert!(t.tls);
+        assert_eq!((t.port, t.path.as_str()), (443, "/x"));
+        assert!(HttpTarget::parse("ftp://example.com/").is_err());
         assert!(HttpTarget::parse("http://a@b/").is_err());
         assert!(HttpTarget::parse("http://host:99999/").is_err());
     }

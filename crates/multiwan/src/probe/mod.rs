@@ -21,10 +21,16 @@
 //! - `tcp`: a connect to `target:port` must complete; a refused connection (RST) or an
 //!   ICMP error concludes the probe at once as failed. The probe connection is closed
 //!   with an RST (`SO_LINGER` 0) so probing leaves no `TIME_WAIT` behind.
-//! - `http`: `GET` the URL over such a connection; a status below 400 is good. URLs
-//!   with a host name are resolved with the system resolver (cached for a minute):
-//!   only the probe itself is pinned to the link. `https` is **not supported yet**:
-//!   [`check_supported`] says so at start-up and such targets fail every round.
+//! - `http`: `GET` the URL over such a connection; a status below 400 is good.
+//! - `https`: the same over TLS (rustls): SNI and the certificate verified for the URL's
+//!   host against the system's trust anchors or the check's `ca_file`; a certificate
+//!   that does not verify fails the probe with the reason ("certificate not valid for
+//!   name X", "… unknown issuer"). An `https://` URL under method `http` is probed the
+//!   same way, against the system's anchors.
+//!
+//!   URL host names are resolved through the link itself ([`resolve`]: a DNS query
+//!   pinned like a probe, to `/etc/resolv.conf`'s nameservers), cached per link for the
+//!   answer's TTL, the last good answer kept while the link's resolver fails.
 //! - `dns`: an `A` query for the configured name, sent to the resolver on a fresh UDP
 //!   socket (random port and id each time); a `NOERROR` answer is good, any other
 //!   response code fails the probe, an ICMP port unreachable fails it at once.
@@ -92,8 +98,10 @@ mod arp;
 mod dns;
 mod http;
 mod icmp;
+mod resolve;
 mod rounds;
 mod tcp;
+mod tls;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -104,7 +112,10 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::time::Instant;
 
-pub use rounds::{spawn_link_prober, ProbeOutcome, RoundReport};
+pub use resolve::Nameservers;
+pub use rounds::{
+    spawn_link_prober, spawn_link_prober_with, ProbeOptions, ProbeOutcome, RoundReport,
+};
 
 use crate::config::{Check, Probe};
 
@@ -145,11 +156,8 @@ pub enum ProbeError {
     NoGateway { ifname: String },
     #[error("{ifname} is not an Ethernet-like interface; arp probes need one")]
     NotEthernet { ifname: String },
-    #[error(
-        "https probes are not supported yet ({url}); probe an http:// URL, or use \
-         method = \"tcp\" with port = 443"
-    )]
-    HttpsUnsupported { url: String },
+    #[error("cannot verify https certificates: {reason}")]
+    TrustAnchors { reason: String },
     #[error("cannot probe {url}: {reason}")]
     BadUrl { url: String, reason: String },
     #[error("dns query name {name:?} is not a valid name: {reason}")]
@@ -166,14 +174,25 @@ impl ProbeError {
     }
 }
 
-/// Checks, at start-up, what this build cannot probe at all (whatever the endpoint):
-/// `https` URLs for now, and DNS names that do not parse. The daemon should log the
-/// error; the prober still runs and reports such targets as failed every round.
+/// Checks, at start-up, what cannot be probed at all (whatever the endpoint): URLs and
+/// DNS names that do not parse, and a `ca_file` that cannot be read. The daemon should
+/// log the error; the prober still runs and reports such targets as failed every round.
+/// (The system's trust store is not read here: that is done off the event loop, by the
+/// first https probe.)
 pub fn check_supported(check: &Check) -> Result<(), ProbeError> {
     match &check.probe {
         Probe::Http { urls } => urls
             .iter()
             .try_for_each(|url| http::HttpTarget::parse(url).map(drop)),
+        Probe::Https { urls, ca_file } => {
+            urls.iter()
+                .try_for_each(|url| http::HttpTarget::parse(url).map(drop))?;
+            match ca_file {
+                Some(path) => tls::check_anchors(Some(path))
+                    .map_err(|reason| ProbeError::TrustAnchors { reason }),
+                None => Ok(()),
+            }
+        }
         Probe::Dns { query, .. } => dns::query_name(query).map(drop),
         _ => Ok(()),
     }
@@ -187,7 +206,7 @@ pub fn target_labels(probe: &Probe) -> Vec<String> {
         Probe::Icmp { targets } | Probe::Tcp { targets, .. } => {
             targets.iter().map(IpAddr::to_string).collect()
         }
-        Probe::Http { urls } => urls.clone(),
+        Probe::Http { urls } | Probe::Https { urls, .. } => urls.clone(),
         Probe::Dns { resolvers, .. } => resolvers.iter().map(IpAddr::to_string).collect(),
         Probe::Arp => vec!["gateway".to_string()],
         Probe::None => Vec::new(),
@@ -200,6 +219,27 @@ pub fn target_labels(probe: &Probe) -> Vec<String> {
 pub struct LinkProber {
     endpoint: ProbeEndpoint,
     kind: Kind,
+    shared: Arc<LinkShared>,
+}
+
+/// What a link's probing keeps across endpoint changes: the resolver cache of its URL
+/// host names and its TLS trust anchors.
+pub(crate) struct LinkShared {
+    resolver: resolve::LinkResolver,
+    trust: tls::Trust,
+}
+
+impl LinkShared {
+    pub(crate) fn new(link: &str, probe: &Probe, options: &ProbeOptions) -> LinkShared {
+        let ca_file = match probe {
+            Probe::Https { ca_file, .. } => ca_file.clone(),
+            _ => None,
+        };
+        LinkShared {
+            resolver: resolve::LinkResolver::new(link.to_string(), options.nameservers.clone()),
+            trust: tls::Trust::new(ca_file),
+        }
+    }
 }
 
 enum Kind {
@@ -221,14 +261,18 @@ impl LinkProber {
     /// Opens the link's shared sockets. Never fails as a whole: what cannot be opened
     /// makes the probes that need it fail with the reason, so a broken link shows up as
     /// bad rounds (and the next endpoint change retries).
-    pub fn open(probe: &Probe, endpoint: &ProbeEndpoint) -> LinkProber {
+    pub(crate) fn open(
+        probe: &Probe,
+        endpoint: &ProbeEndpoint,
+        shared: Arc<LinkShared>,
+    ) -> LinkProber {
         let kind = match probe {
             Probe::Icmp { targets } => Kind::Icmp(icmp::IcmpProber::open(targets, endpoint)),
             Probe::Tcp { targets, port } => Kind::Tcp {
                 targets: targets.clone(),
                 port: *port,
             },
-            Probe::Http { urls } => Kind::Http(
+            Probe::Http { urls } | Probe::Https { urls, .. } => Kind::Http(
                 urls.iter()
                     .map(|u| http::HttpTarget::parse(u).map_err(|e| e.to_string()))
                     .collect(),
@@ -243,6 +287,7 @@ impl LinkProber {
         LinkProber {
             endpoint: endpoint.clone(),
             kind,
+            shared,
         }
     }
 
@@ -260,14 +305,14 @@ impl LinkProber {
     ) -> impl std::future::Future<Output = ProbeOutcome> + Send + 'static {
         let this = Arc::clone(self);
         async move {
-            match tokio::time::timeout_at(deadline, this.probe_inner(index)).await {
+            match tokio::time::timeout_at(deadline, this.probe_inner(index, deadline)).await {
                 Ok(outcome) => outcome,
                 Err(_) => ProbeOutcome::Lost,
             }
         }
     }
 
-    async fn probe_inner(&self, index: usize) -> ProbeOutcome {
+    async fn probe_inner(&self, index: usize, deadline: Instant) -> ProbeOutcome {
         let ep = &self.endpoint;
         match &self.kind {
             Kind::Icmp(icmp) => icmp.ping(index).await,
@@ -276,7 +321,13 @@ impl LinkProber {
                 None => no_such_target(index),
             },
             Kind::Http(targets) => match targets.get(index) {
-                Some(Ok(target)) => target.probe(ep).await,
+                Some(Ok(target)) => {
+                    let cx = http::Context {
+                        resolver: &self.shared.resolver,
+                        trust: &self.shared.trust,
+                    };
+                    target.probe(ep, &cx, deadline).await
+                }
                 Some(Err(reason)) => ProbeOutcome::Failed(reason.clone()),
                 None => no_such_target(index),
             },

@@ -21,7 +21,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{target_labels, LinkProber, ProbeEndpoint};
+use super::resolve::Nameservers;
+use super::{target_labels, LinkProber, LinkShared, ProbeEndpoint};
 use crate::config::{Check, Probe};
 
 /// How one probe ended.
@@ -87,11 +88,33 @@ pub fn spawn_link_prober(
     endpoint: watch::Receiver<Option<ProbeEndpoint>>,
     reports: mpsc::Sender<RoundReport>,
 ) -> JoinHandle<()> {
+    spawn_link_prober_with(link, check, endpoint, reports, ProbeOptions::default())
+}
+
+/// What a prober takes from its surroundings rather than from the config.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeOptions {
+    /// Where URL host names are resolved (through the link); default: the nameservers
+    /// of `/etc/resolv.conf`.
+    pub nameservers: Nameservers,
+}
+
+/// [`spawn_link_prober`] with options.
+pub fn spawn_link_prober_with(
+    link: String,
+    check: Check,
+    endpoint: watch::Receiver<Option<ProbeEndpoint>>,
+    reports: mpsc::Sender<RoundReport>,
+    options: ProbeOptions,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         if check.probe == Probe::None || check.probe.target_count() == 0 {
             return;
         }
-        Scheduler::new(link, check, endpoint, reports).run().await;
+        let shared = Arc::new(LinkShared::new(&link, &check.probe, &options));
+        Scheduler::new(link, check, endpoint, reports, shared)
+            .run()
+            .await;
     })
 }
 
@@ -117,6 +140,8 @@ struct Scheduler {
     endpoint: watch::Receiver<Option<ProbeEndpoint>>,
     reports: mpsc::Sender<RoundReport>,
     next_seq: u64,
+    /// Kept across endpoint changes (resolver cache, trust anchors).
+    shared: Arc<LinkShared>,
 }
 
 /// An undecided round.
@@ -164,6 +189,7 @@ impl Scheduler {
         check: Check,
         endpoint: watch::Receiver<Option<ProbeEndpoint>>,
         reports: mpsc::Sender<RoundReport>,
+        shared: Arc<LinkShared>,
     ) -> Scheduler {
         let labels = target_labels(&check.probe);
         let min_good = (check.min_targets as usize).clamp(1, labels.len().max(1));
@@ -175,6 +201,7 @@ impl Scheduler {
             endpoint,
             reports,
             next_seq: 0,
+            shared,
         }
     }
 
@@ -197,7 +224,11 @@ impl Scheduler {
 
     /// Probes through `ep` until the endpoint changes or nobody listens.
     async fn probe_through(&mut self, ep: ProbeEndpoint) -> Next {
-        let prober = Arc::new(LinkProber::open(&self.check.probe, &ep));
+        let prober = Arc::new(LinkProber::open(
+            &self.check.probe,
+            &ep,
+            Arc::clone(&self.shared),
+        ));
         let now = Instant::now();
         let mut session = Session {
             prober,

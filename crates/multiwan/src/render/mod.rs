@@ -4,11 +4,11 @@
 //! `ip rule` and `ip route` commands, and the nft table as a here-document.
 
 pub mod ip_text;
-pub mod nft_text;
 
 use std::fmt::Write;
 
 use crate::config::Config;
+pub use crate::plan::nft::text as nft_text;
 use crate::plan::Desired;
 
 /// The line that opens the nft here-document, and the one that closes it.

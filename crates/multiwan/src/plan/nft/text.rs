@@ -1,8 +1,10 @@
-//! The nft part of a desired state as `nft -f` input.
+//! The nft text syntax of the intermediate form (`nft -f` input): the renderer of
+//! `multiwan plan` and of the kernel's text batches. It lives beside the IR so both
+//! `render` and `kernel` use it without depending on each other.
 
 use std::fmt::Write;
 
-use crate::plan::nft::*;
+use super::*;
 
 /// The whole table, as `nft -f` reads it.
 pub fn table(t: &NftTable) -> String {
