@@ -8,6 +8,7 @@ mod mwan;
 mod nfttime;
 mod outage;
 mod policies;
+mod repair;
 mod report;
 mod rss;
 mod traffic;
@@ -36,6 +37,12 @@ enum Scenario {
     Connrate,
     /// Plan + apply time for 64 links and 1000 rules.
     Apply,
+    /// LAN outage of a firewall reload (`flush ruleset` + the firewall) under the daemon.
+    Reload,
+    /// Probe round lateness and false loss while status and metrics are asked 20/s each.
+    Lateness,
+    /// reload, lateness (issue 9).
+    Repair,
     /// outage, nft, rss.
     Daemon,
     /// throughput, connrate, apply.
@@ -50,7 +57,10 @@ impl Scenario {
         match self {
             Daemon => vec![Outage, Nft, Rss],
             Policies => vec![Throughput, Connrate, Apply],
-            All => vec![Outage, Nft, Rss, Throughput, Connrate, Apply],
+            Repair => vec![Reload, Lateness],
+            All => vec![
+                Outage, Nft, Rss, Throughput, Connrate, Apply, Reload, Lateness,
+            ],
             s => vec![s],
         }
     }
@@ -62,8 +72,8 @@ impl Scenario {
     about = "Benchmarks multiwan in network-namespace labs and prints a markdown table (needs root)"
 )]
 struct Args {
-    /// Scenarios to run, in this order: outage nft rss throughput connrate apply
-    /// (groups: daemon, policies, all). Default: all.
+    /// Scenarios to run, in this order: outage nft rss throughput connrate apply reload
+    /// lateness (groups: daemon, policies, repair, all). Default: all.
     #[arg(value_enum)]
     scenarios: Vec<Scenario>,
     /// Trials per kind of failure and method in `outage` (at least 10 for the report).
@@ -84,6 +94,12 @@ struct Args {
     /// Seconds of each connection-rate run.
     #[arg(long, default_value_t = 5)]
     connrate_seconds: u64,
+    /// Firewall reloads in `reload`.
+    #[arg(long, default_value_t = 10)]
+    reload_trials: usize,
+    /// Seconds of each of the two windows (quiet, loaded) of `lateness`.
+    #[arg(long, default_value_t = 20)]
+    lateness_seconds: u64,
     /// The multiwan binary to measure (default: build target/release/multiwan first).
     #[arg(long)]
     multiwan: Option<PathBuf>,
@@ -153,7 +169,11 @@ fn run(args: Args) -> Result<()> {
                 policy_lab = None; // its namespaces are not needed any more
                 apply::run(&mut report, &bin)
             }
-            Scenario::Daemon | Scenario::Policies | Scenario::All => unreachable!("expanded"),
+            Scenario::Reload => repair::reload(&mut report, &bin, args.reload_trials),
+            Scenario::Lateness => repair::lateness(&mut report, &bin, args.lateness_seconds),
+            Scenario::Daemon | Scenario::Policies | Scenario::Repair | Scenario::All => {
+                unreachable!("expanded")
+            }
         };
         if let Err(e) = result {
             eprintln!("multiwan-bench: {name} failed: {e:#}");

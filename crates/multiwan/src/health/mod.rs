@@ -72,6 +72,9 @@ use window::{ms, Window};
 /// `window`, when it is smaller).
 pub const MIN_JUDGED_ROUNDS: usize = 5;
 
+/// The reason of a link whose prober gave no round for 3 intervals.
+pub const NO_PROBE_RESULTS: &str = "no probe results";
+
 /// One probe round as the prober reports it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Round {
@@ -413,6 +416,20 @@ impl LinkHealth {
     #[must_use = "a transition must be published (log, hooks, planner)"]
     pub fn tick(&mut self, now: Instant) -> Option<Transition> {
         self.catch_up(now);
+        self.emit(now, self.auto_reason.clone())
+    }
+
+    /// The link's prober has given no round for a while (it panicked or its socket is
+    /// stuck): with no evidence the link cannot be trusted, so it goes `down` (not a
+    /// flap: the link may be fine). The next good rounds bring it back as usual.
+    #[must_use = "a transition must be published (log, hooks, planner)"]
+    pub fn on_silence(&mut self, now: Instant) -> Option<Transition> {
+        self.catch_up(now);
+        self.check.as_ref()?;
+        self.good = 0;
+        if matches!(self.auto, LinkState::Up | LinkState::Degraded) {
+            self.go_down(now, NO_PROBE_RESULTS.to_string(), false);
+        }
         self.emit(now, self.auto_reason.clone())
     }
 
