@@ -7,6 +7,8 @@ bash scripts/install-deps.sh
 export CI="${CI:-false}"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Issue #8's house rules: file and function lengths, the modules' dependency order.
+python3 scripts/house-rules.py
 before=$(ip netns list | awk '{print $1}' | sort)
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast

@@ -142,7 +142,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     tokio::spawn(control::server::serve(socket, requests));
     daemon.start_metrics().await;
     notify::ready(&daemon.summary());
-    eprintln!("multiwan: running ({})", daemon.summary());
+    tracing::info!("running ({})", daemon.summary());
 
     let inputs = Inputs {
         kernel: kernel_events,
@@ -281,6 +281,7 @@ impl Daemon {
         let now = Instant::now();
         if self.links.contains_key(&report.link) {
             self.metrics.round(&report);
+            tracing::debug!("link {}: {}", report.link, report.describe());
         }
         match self.links.get_mut(&report.link) {
             Some(l) => l.on_round(now, &report).into_iter().collect(),
@@ -297,10 +298,12 @@ impl Daemon {
 
     fn log_transition(&mut self, t: &Transition) {
         self.metrics.transition(&t.link, t.to);
-        eprintln!(
-            "multiwan: link {}: {} -> {} ({})",
-            t.link, t.from, t.to, t.reason
-        );
+        // A link leaving service is a warning (journalctl -p warning shows failures).
+        if matches!(t.to, LinkState::Down | LinkState::Degraded) {
+            tracing::warn!("link {}: {} -> {} ({})", t.link, t.from, t.to, t.reason);
+        } else {
+            tracing::info!("link {}: {} -> {} ({})", t.link, t.from, t.to, t.reason);
+        }
         let _ = self.events.send(Event {
             time: status::rfc3339(self.wall(t.at)),
             link: t.link.clone(),
@@ -344,11 +347,11 @@ impl Daemon {
         if self.config.settings.on_exit == OnExit::Flush {
             if let Some(d) = &self.installed {
                 let report = self.kernel.flush(&Ownership::from(d)).await?;
-                eprintln!("multiwan: stopped, flushed ({report})");
+                tracing::info!("stopped, flushed ({report})");
                 return Ok(());
             }
         }
-        eprintln!("multiwan: stopped; the installed state stays in force (on_exit = \"keep\")");
+        tracing::info!("stopped; the installed state stays in force (on_exit = \"keep\")");
         Ok(())
     }
 }
