@@ -9,6 +9,7 @@ pub mod marks;
 pub mod model;
 pub mod nft;
 mod nft_lower;
+mod refusal;
 mod routing;
 pub mod rules;
 pub mod sticky;

@@ -87,6 +87,7 @@ pub(crate) fn policy_chains(config: &Config, links: &[Resolved], seed: u32) -> V
 fn target_verdict(config: &Config, rule: &Rule) -> Verdict {
     match &rule.target {
         RuleTarget::Main => Verdict::Goto(MARK_MAIN.into()),
+        // Stands for the whole refusal (`refusal::refuse`: a TCP reset, else ICMP).
         RuleTarget::Unreachable => Verdict::RejectHostUnreachable,
         RuleTarget::Blackhole => Verdict::Drop,
         RuleTarget::Policy(_) | RuleTarget::Link(_) => {
@@ -319,7 +320,7 @@ fn rule_as_nft(config: &Config, rule: &Rule, log_group: Option<u16>) -> Vec<NftR
     let verdict = target_verdict(config, rule);
     rule_families(rule)
         .into_iter()
-        .map(|family| {
+        .flat_map(|family| {
             let mut actions = Vec::new();
             if rule.log {
                 actions.push(Action::Log {
@@ -327,9 +328,16 @@ fn rule_as_nft(config: &Config, rule: &Rule, log_group: Option<u16>) -> Vec<NftR
                     prefix: format!("multiwan {}: ", rule.name),
                 });
             }
-            actions.push(Action::Verdict(verdict.clone()));
-            NftRule::new(rule_matches(rule, family), actions)
-                .with_comment(format!("rule {}", rule.name))
+            let matches = rule_matches(rule, family);
+            let rules = if verdict == Verdict::RejectHostUnreachable {
+                super::refusal::refuse(matches, actions)
+            } else {
+                actions.push(Action::Verdict(verdict.clone()));
+                vec![NftRule::new(matches, actions)]
+            };
+            rules
+                .into_iter()
+                .map(|r| r.with_comment(format!("rule {}", rule.name)))
         })
         .collect()
 }
