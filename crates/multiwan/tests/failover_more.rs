@@ -674,7 +674,9 @@ fn installed(h: &Harness) -> String {
         "{}\n{}\n{}",
         h.router_sh("ip -N rule show; ip -6 -N rule show"),
         h.router_sh(
-            "for t in 100 101 102; do ip -N route show table $t; ip -N -6 route show table $t; done"
+            // An IPv4-only lab: multiwan makes no IPv6 table (SPEC §2.12), so none may exist.
+            "for t in 100 101 102; do ip -N route show table $t; \
+             ip -N -6 route show table $t 2>/dev/null || true; done"
         ),
         nft.join("\n")
     )

@@ -78,6 +78,9 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
         chains.push(route_output(links, marks, output_rules));
     }
     chains.push(postrouting(links, marks));
+    if !super::handles_ipv6(links) {
+        leave_ipv6_alone(&mut chains);
+    }
     chains.push(forward(links));
     chains.push(nat_postrouting(links));
 
@@ -90,6 +93,21 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
     };
     table.digest = digest(&table);
     table
+}
+
+/// No link has IPv6 (SPEC §2.12): the chains that mark connections let IPv6 pass
+/// untouched, so the router forwards it as it did without multiwan.
+fn leave_ipv6_alone(chains: &mut [NftChain]) {
+    for chain in chains.iter_mut().filter(|c| c.hook.is_some()) {
+        chain.rules.insert(
+            0,
+            NftRule::new(
+                vec![Match::Nfproto(IpVersion::V6)],
+                vec![Action::Verdict(Verdict::Return)],
+            )
+            .with_comment("no link has IPv6"),
+        );
+    }
 }
 
 /// Per link: restore and mark chains, and those of the reserved main mark (reached by
