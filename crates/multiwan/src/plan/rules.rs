@@ -218,7 +218,7 @@ impl<'c> DestinationGroup<'c> {
     fn lower(self, config: &Config, log_group: Option<u16>, out: &mut Vec<NftRule>) {
         match self.rules.as_slice() {
             [] => {}
-            [rule] => out.extend(rule_as_nft(config, rule, log_group)),
+            [rule] => out.extend(rule_as_nft(config, rule, log_group, true)),
             [first, .., last] => {
                 let comment = format!(
                     "{} rules, {} to {}",
@@ -300,7 +300,7 @@ pub(crate) fn classify_rules(config: &Config, log_group: Option<u16>) -> Vec<Nft
         }
         if !destination_only(rule) {
             std::mem::take(&mut group).lower(config, log_group, &mut out);
-            out.extend(rule_as_nft(config, rule, log_group));
+            out.extend(rule_as_nft(config, rule, log_group, true));
             continue;
         }
         let verdict = match target_verdict(config, rule) {
@@ -316,7 +316,15 @@ pub(crate) fn classify_rules(config: &Config, log_group: Option<u16>) -> Vec<Nft
 
 /// One rule's nft rules (in `classify`, or in `route_output` for a cgroup rule), one
 /// per family it needs, each logging the connection first when the rule says `log`.
-fn rule_as_nft(config: &Config, rule: &Rule, log_group: Option<u16>) -> Vec<NftRule> {
+/// `unreachable` refuses a forwarded connection as [`super::refusal`] says, a
+/// router-local one with ICMP host unreachable (EHOSTUNREACH, as an unreachable route
+/// answers it: delivered over loopback, never rate-limited nor lost).
+fn rule_as_nft(
+    config: &Config,
+    rule: &Rule,
+    log_group: Option<u16>,
+    forwarded: bool,
+) -> Vec<NftRule> {
     let verdict = target_verdict(config, rule);
     rule_families(rule)
         .into_iter()
@@ -329,7 +337,7 @@ fn rule_as_nft(config: &Config, rule: &Rule, log_group: Option<u16>) -> Vec<NftR
                 });
             }
             let matches = rule_matches(rule, family);
-            let rules = if verdict == Verdict::RejectHostUnreachable {
+            let rules = if forwarded && verdict == Verdict::RejectHostUnreachable {
                 super::refusal::refuse(matches, actions)
             } else {
                 actions.push(Action::Verdict(verdict.clone()));
@@ -357,7 +365,7 @@ pub(crate) fn output_rules(config: &Config) -> Vec<NftRule> {
         if rule.cgroup.is_some() && applies_locally(rule) {
             // Matched here, so logged here (validation refuses `log` where no nft rule
             // would see the connection).
-            out.extend(rule_as_nft(config, rule, log_group));
+            out.extend(rule_as_nft(config, rule, log_group, false));
         } else if local_ip_rule(rule) {
             for family in rule_families(rule) {
                 out.push(
