@@ -103,20 +103,29 @@ impl Window {
         (count > 0).then(|| sum / count as f64)
     }
 
-    /// Per target of `labels` (the check's, in its order) that has been probed in the
-    /// window; targets no longer probed after a reload are left out. Not the newest
-    /// round's targets: a round decided early lacks those still in flight, so a target
-    /// that stopped answering would vanish from the list instead of showing as down.
-    /// `up`: the target answered at least one of its last `up_rounds` probes, the
-    /// link's `down_after` rule applied to one target.
+    /// Per target: those of `labels` (the check's, in its order) probed in the window,
+    /// then any other of the newest round's; targets no longer probed after a reload
+    /// are left out. Not just the newest round's: a round decided early lacks the
+    /// targets still in flight, so a target that stopped answering would vanish from
+    /// the list instead of showing as down. `up`: the target answered at least one of
+    /// its last `up_rounds` probes, the link's `down_after` rule applied to one target.
     pub(crate) fn targets(&self, labels: &[String], up_rounds: usize) -> Vec<TargetHealth> {
-        labels
-            .iter()
-            .filter(|target| {
-                self.samples
-                    .iter()
-                    .any(|s| s.per_target.iter().any(|(t, _)| t == *target))
-            })
+        let Some(newest) = self.samples.back() else {
+            return Vec::new();
+        };
+        let probed = |target: &String| {
+            self.samples
+                .iter()
+                .any(|s| s.per_target.iter().any(|(t, _)| t == target))
+        };
+        let mut names: Vec<&String> = labels.iter().filter(|t| probed(t)).collect();
+        for (t, _) in &newest.per_target {
+            if !names.contains(&t) {
+                names.push(t);
+            }
+        }
+        names
+            .into_iter()
             .map(|target| {
                 let results: Vec<Option<Duration>> = self
                     .samples
