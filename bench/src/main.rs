@@ -7,6 +7,7 @@ mod apply;
 mod mwan;
 mod nfttime;
 mod outage;
+mod outage6;
 mod policies;
 mod repair;
 mod report;
@@ -27,6 +28,8 @@ enum Scenario {
     /// Client-visible failover outage (blackhole, carrier loss), multiwan vs the classic
     /// ping loop, and detection → applied from the daemon's log.
     Outage,
+    /// The IPv6 blackhole outage beside the IPv4 one, dual-stack lab (issue 10).
+    Outage6,
     /// nft's own transaction times, for reading the apply times against.
     Nft,
     /// Daemon RSS and CPU with 8 links × 3 targets at 5 probes/s.
@@ -59,7 +62,7 @@ impl Scenario {
             Policies => vec![Throughput, Connrate, Apply],
             Repair => vec![Reload, Lateness],
             All => vec![
-                Outage, Nft, Rss, Throughput, Connrate, Apply, Reload, Lateness,
+                Outage, Outage6, Nft, Rss, Throughput, Connrate, Apply, Reload, Lateness,
             ],
             s => vec![s],
         }
@@ -147,6 +150,7 @@ fn run(args: Args) -> Result<()> {
         let t = Instant::now();
         let result = match s {
             Scenario::Outage => outage::run(&mut report, &bin, args.trials),
+            Scenario::Outage6 => outage6::run(&mut report, &bin, args.trials),
             Scenario::Nft => nfttime::run(&mut report, &bin),
             Scenario::Rss => rss::run(&mut report, &bin, args.rss_seconds),
             Scenario::Throughput | Scenario::Connrate => (|| {

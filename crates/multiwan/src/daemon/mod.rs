@@ -138,6 +138,9 @@ pub async fn run(config_path: &Path) -> Result<()> {
     daemon.start_links().await;
     daemon.reconcile("start").await?;
     daemon.persist();
+    // "running" promises a status file that says so, not the last run's (before the
+    // loop: the wait never holds up an event).
+    daemon.files.flush().await;
     daemon.initial_hooks();
     tokio::spawn(control::server::serve(socket, requests));
     daemon.start_metrics().await;

@@ -508,7 +508,12 @@ impl LinkHealth {
     /// Per target over the window, in the order of the latest round.
     pub fn targets(&self) -> Vec<TargetHealth> {
         let down_after = self.check.as_ref().map_or(1, |c| c.down_after);
-        self.window.targets(down_after as usize)
+        let labels = self
+            .check
+            .as_ref()
+            .map(|c| crate::probe::target_labels(&c.probe))
+            .unwrap_or_default();
+        self.window.targets(&labels, down_after as usize)
     }
 
     /// While damping holds the link down: when the hold ends.

@@ -249,4 +249,10 @@ pub enum Verdict {
     /// what icmpx host-unreachable sends) as soft errors and retries the connect for
     /// about a second; "administratively prohibited" (1) ends it at once (EACCES).
     RejectIpv6AdminProhibited,
+    /// `reject with tcp reset`, TCP only (after `meta l4proto tcp`): ends a connect at
+    /// once with ECONNREFUSED. ICMP errors do not always: the kernel rate-limits them per
+    /// client (IPv4 `icmp_ratelimit`: 6 at once, then 1 a second), and a client that
+    /// gets one while `connect()` still holds its socket (a LAN of veths or bridges on
+    /// the same host) only notes it and waits for the SYN's retransmission (1 s).
+    RejectTcpReset,
 }

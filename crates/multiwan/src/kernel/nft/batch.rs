@@ -44,7 +44,9 @@ pub fn validate(table: &NftTable) -> Result<()> {
                 if in_map.iter().any(|v| {
                     matches!(
                         v,
-                        Verdict::RejectHostUnreachable | Verdict::RejectIpv6AdminProhibited
+                        Verdict::RejectHostUnreachable
+                            | Verdict::RejectIpv6AdminProhibited
+                            | Verdict::RejectTcpReset
                     )
                 }) {
                     return Err(invalid(format!(

@@ -335,7 +335,9 @@ pub(super) fn verdict_expr(v: &Verdict) -> Expression<'static> {
         Verdict::Return => expr::Verdict::Return,
         Verdict::Jump(c) => expr::Verdict::Jump(target(c)),
         Verdict::Goto(c) => expr::Verdict::Goto(target(c)),
-        Verdict::RejectHostUnreachable | Verdict::RejectIpv6AdminProhibited => {
+        Verdict::RejectHostUnreachable
+        | Verdict::RejectIpv6AdminProhibited
+        | Verdict::RejectTcpReset => {
             expr::Verdict::Jump(target("reject-is-not-allowed-in-a-verdict-map"))
         }
     })
@@ -356,6 +358,9 @@ pub(super) fn verdict_stmt(v: &Verdict) -> Statement<'static> {
             Some(RejectType::ICMPv6),
             Some(RejectCode::AdminProhibited),
         ))),
+        Verdict::RejectTcpReset => {
+            Statement::Reject(Some(Reject::new(Some(RejectType::TCPReset), None)))
+        }
     }
 }
 

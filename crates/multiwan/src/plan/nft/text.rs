@@ -185,6 +185,7 @@ pub(crate) fn verdict(v: &Verdict) -> String {
         Verdict::Goto(c) => format!("goto {c}"),
         Verdict::RejectHostUnreachable => "reject with icmpx type host-unreachable".into(),
         Verdict::RejectIpv6AdminProhibited => "reject with icmpv6 type admin-prohibited".into(),
+        Verdict::RejectTcpReset => "reject with tcp reset".into(),
     }
 }
 
