@@ -43,6 +43,8 @@ pub struct Daemon {
     state_dir: StateDir,
     seed: u32,
     facts: Facts,
+    /// The facts kept from netlink events (route events applied one by one).
+    facts_watch: crate::kernel::facts::FactsWatch,
     links: BTreeMap<String, LinkRuntime>,
     installed: Option<Desired>,
     /// The next apply reads the kernel back instead of trusting `installed`.
@@ -91,8 +93,12 @@ pub async fn run(config_path: &Path) -> Result<()> {
     .context("subscribing to netlink link/address/route events")?;
     tokio::spawn(conn);
 
+    let facts_watch = crate::kernel::facts::FactsWatch::new(&kernel)
+        .await
+        .context("reading interfaces")?;
     let mut daemon = Daemon {
-        facts: kernel.read_facts().await.context("reading interfaces")?,
+        facts: facts_watch.facts(),
+        facts_watch,
         config,
         kernel,
         state_dir,
@@ -126,9 +132,13 @@ pub async fn run(config_path: &Path) -> Result<()> {
     loop {
         let deadline = daemon.next_deadline();
         tokio::select! {
-            Some(_) = netlink_events.next() => {
-                // A burst (an interface going down sends several messages) is read as one.
-                while let Some(Some(_)) = netlink_events.next().now_or_never() {}
+            Some((msg, _)) = netlink_events.next() => {
+                // A burst (an interface going down sends several messages) is read as one;
+                // route events are applied as they come, none is kept.
+                daemon.facts_watch.note(&msg);
+                while let Some(Some((msg, _))) = netlink_events.next().now_or_never() {
+                    daemon.facts_watch.note(&msg);
+                }
                 daemon.on_kernel_change().await;
             }
             Some(report) = reports_rx.recv() => {
@@ -231,7 +241,7 @@ impl Daemon {
     }
 
     async fn on_kernel_change(&mut self) {
-        let facts = match self.kernel.read_facts().await {
+        let facts = match self.facts_watch.refresh(&self.kernel).await {
             Ok(f) => f,
             Err(e) => {
                 eprintln!("multiwan: reading interfaces failed: {e:#}");

@@ -186,6 +186,18 @@ impl Kernel {
                 }
                 return Ok(None);
             }
+            Step::NftElements { name, delta } => {
+                let sent = nft::send(&nft::NftBatch::Text(delta.text.clone()), name).await;
+                if let Err(e) = sent {
+                    // The kernel's elements were not what this process believed: put
+                    // the sets right whole (still one transaction, the table stays).
+                    tracing::warn!("{e}; filling the sets whole instead");
+                    nft::send(&nft::NftBatch::Text(delta.refill.clone()), name).await?;
+                }
+                report.nft_elements = true;
+                report.push(s.to_string());
+                return Ok(None);
+            }
             Step::RuleDelete { msg, what } => {
                 rules::delete(&self.handle, msg, what).await?;
                 report.rules_deleted += 1;
@@ -266,7 +278,7 @@ impl Kernel {
                 routes::read_tagged(&self.handle, &families, &names).await,
                 &mut errors,
             ),
-            nft: ok(Existing::read(&own.nft_table).await, &mut errors),
+            nft: ok(Existing::read_terse(&own.nft_table).await, &mut errors),
         };
         for s in KernelDiff::flush(&installed, own).steps {
             if let Err(e) = self.run_step(&s, &mut report).await {

@@ -15,6 +15,7 @@ pub mod conntrack;
 pub mod diff;
 mod error;
 pub mod facts;
+pub mod main_table;
 pub mod nft;
 pub mod routes;
 pub mod rt_protos;
@@ -77,6 +78,8 @@ pub struct ApplyReport {
     pub rules_deleted: usize,
     /// The nft table was (re)written or, for a flush, deleted.
     pub nft: bool,
+    /// Only elements of its sets were added or deleted (the table was not rewritten).
+    pub nft_elements: bool,
     /// The rt_tables.d file was written or removed.
     pub table_names: bool,
     /// One line per change, in the order made (`route replace …`, `sysctl …: 0 -> 1`).
@@ -188,9 +191,13 @@ impl Kernel {
 
     /// Interfaces, addresses, default gateways and main-table prefixes.
     pub async fn read_facts(&self) -> Result<Facts> {
-        // Without IPv6 in the kernel there is no IPv6 table to dump.
-        let families = sysctl::Ipv6::of(&self.sysctl_root).present();
-        facts::read_facts(&self.handle, &families).await
+        facts::read_facts(&self.handle, &self.present_families()).await
+    }
+
+    /// The families whose tables exist here (without IPv6 in the kernel there is no
+    /// IPv6 table to dump).
+    pub fn present_families(&self) -> Vec<Family> {
+        sysctl::Ipv6::of(&self.sysctl_root).present()
     }
 
     /// What multiwan may own now: every rule in its priority range and every tagged

@@ -83,15 +83,29 @@ impl NftBatch {
     }
 }
 
-/// Whether `table` uses an expression the JSON path cannot carry (see [`NftBatch`]).
+/// Set elements above which a table goes as text: JSON costs the daemon ~150 bytes of
+/// schema objects per element (tens of MB for a main table of 100,000 routes), text ~20.
+pub const TEXT_ABOVE_ELEMENTS: usize = 2000;
+
+/// Whether `table` uses an expression the JSON path cannot carry (see [`NftBatch`]), or
+/// has so many set elements that JSON would cost too much memory.
 pub fn needs_text(table: &NftTable) -> bool {
-    table.chains.iter().any(|c| {
-        c.rules.iter().any(|r| {
-            r.matches
-                .iter()
-                .any(|m| matches!(m, Match::SocketCgroupv2 { .. }))
+    let elements: usize = table
+        .sets
+        .iter()
+        .map(|x| match &x.elements {
+            SetElements::Ipv4(v) => v.len(),
+            SetElements::Ipv6(v) => v.len(),
         })
-    })
+        .sum();
+    elements > TEXT_ABOVE_ELEMENTS
+        || table.chains.iter().any(|c| {
+            c.rules.iter().any(|r| {
+                r.matches
+                    .iter()
+                    .any(|m| matches!(m, Match::SocketCgroupv2 { .. }))
+            })
+        })
 }
 
 /// The batch that turns what `existing` says is installed into `table`. Pure: the

@@ -95,7 +95,7 @@ pub async fn send(batch: &NftBatch, table: &str) -> Result<()> {
 
 /// Removes `table inet <name>` if it exists; returns whether it did.
 pub async fn delete_table(name: &str) -> Result<bool> {
-    if !Existing::read(name).await?.table {
+    if !Existing::read_terse(name).await?.table {
         return Ok(false);
     }
     let mut b = Batch::new();
@@ -110,5 +110,5 @@ pub async fn delete_table(name: &str) -> Result<bool> {
 
 /// Packets per named counter of `table inet <name>` (empty if the table is absent).
 pub async fn read_counters(name: &str) -> Result<BTreeMap<String, u64>> {
-    Ok(Existing::read(name).await?.counters)
+    Ok(Existing::read_terse(name).await?.counters)
 }
