@@ -4,12 +4,14 @@
 //! assert on time). Needs root. See bench/README.md for what each number means.
 
 mod apply;
+mod bigtables;
 mod mwan;
 mod nfttime;
 mod outage;
 mod policies;
 mod report;
 mod rss;
+mod soak;
 mod traffic;
 mod util;
 
@@ -36,6 +38,11 @@ enum Scenario {
     Connrate,
     /// Plan + apply time for 64 links and 1000 rules.
     Apply,
+    /// 100k main-table routes changing 20k at a time (issue 14; not in `all`).
+    Bigtables,
+    /// `--soak-minutes` of flaps, reloads, overrides, firewall reloads and route churn
+    /// under LAN traffic (issue 14; not in `all`).
+    Soak,
     /// outage, nft, rss.
     Daemon,
     /// throughput, connrate, apply.
@@ -87,6 +94,12 @@ struct Args {
     /// The multiwan binary to measure (default: build target/release/multiwan first).
     #[arg(long)]
     multiwan: Option<PathBuf>,
+    /// Bursts of 20,000 route changes in `bigtables`.
+    #[arg(long, default_value_t = 10)]
+    bursts: usize,
+    /// Length of `soak`, minutes.
+    #[arg(long, default_value_t = 30)]
+    soak_minutes: u64,
     /// Also write the markdown report to this file.
     #[arg(long)]
     output: Option<PathBuf>,
@@ -153,6 +166,8 @@ fn run(args: Args) -> Result<()> {
                 policy_lab = None; // its namespaces are not needed any more
                 apply::run(&mut report, &bin)
             }
+            Scenario::Bigtables => bigtables::run(&mut report, &bin, args.bursts),
+            Scenario::Soak => soak::run(&mut report, &bin, args.soak_minutes),
             Scenario::Daemon | Scenario::Policies | Scenario::All => unreachable!("expanded"),
         };
         if let Err(e) = result {
