@@ -98,14 +98,18 @@ pub fn needs_text(table: &NftTable) -> bool {
             SetElements::Ipv6(v) => v.len(),
         })
         .sum();
-    elements > TEXT_ABOVE_ELEMENTS
-        || table.chains.iter().any(|c| {
-            c.rules.iter().any(|r| {
-                r.matches
-                    .iter()
-                    .any(|m| matches!(m, Match::SocketCgroupv2 { .. }))
-            })
+    elements > TEXT_ABOVE_ELEMENTS || matches_cgroups(table)
+}
+
+/// Whether some rule of `table` matches a cgroup (`socket cgroupv2`).
+pub fn matches_cgroups(table: &NftTable) -> bool {
+    table.chains.iter().any(|c| {
+        c.rules.iter().any(|r| {
+            r.matches
+                .iter()
+                .any(|m| matches!(m, Match::SocketCgroupv2 { .. }))
         })
+    })
 }
 
 /// The batch that turns what `existing` says is installed into `table`. Pure: the

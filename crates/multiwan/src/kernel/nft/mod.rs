@@ -23,7 +23,9 @@ mod run;
 #[cfg(test)]
 mod tests;
 
-pub use batch::{needs_text, to_batch, to_json_batch, to_text_batch, validate, NftBatch};
+pub use batch::{
+    matches_cgroups, needs_text, to_batch, to_json_batch, to_text_batch, validate, NftBatch,
+};
 pub use cgroups::with_live_cgroups;
 pub use existing::{list_ruleset_json, read_counters_blocking, Existing, PLAN_CHAIN};
 pub use run::{check, delete_table, read_counters, send};
