@@ -192,7 +192,7 @@ impl Kernel {
                     // The kernel's elements were not what this process believed: put
                     // the sets right whole (still one transaction, the table stays).
                     tracing::warn!("{e}; filling the sets whole instead");
-                    nft::send(&nft::NftBatch::Text(delta.refill.clone()), name).await?;
+                    nft::send(&nft::NftBatch::Text(delta.refill()), name).await?;
                 }
                 report.nft_elements = true;
                 report.push(s.to_string());

@@ -10,14 +10,14 @@
 //! way; should the kernel still refuse a delta, the set is refilled (flush and add, one
 //! transaction).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nftables::helper::NftablesError;
 
 use crate::kernel::error::{KernelError, Result};
-use crate::plan::nft::{NftTable, SetElements};
+use crate::plan::nft::{NftSet, NftTable, SetElements};
 
 /// Elements per `add element` / `delete element` command (one transaction still).
 const CHUNK: usize = 1000;
@@ -27,10 +27,24 @@ const CHUNK: usize = 1000;
 pub struct ElementDelta {
     /// The transaction (`nft -f` text).
     pub text: String,
-    /// The same sets flushed and filled whole: what runs if the kernel refuses `text`.
-    pub refill: String,
     /// Per set: (name, added, deleted).
     pub counts: Vec<(String, usize, usize)>,
+    table: String,
+    /// The wanted sets, for [`ElementDelta::refill`].
+    sets: Vec<NftSet>,
+}
+
+impl ElementDelta {
+    /// The same sets flushed and filled whole: what runs if the kernel refuses `text`.
+    pub fn refill(&self) -> String {
+        let mut out = String::new();
+        for set in &self.sets {
+            let _ = writeln!(out, "flush set inet {} {}", self.table, set.name);
+            let all: Vec<String> = strings(&canonical(&set.elements));
+            commands(&mut out, "add", &self.table, &set.name, &all);
+        }
+        out
+    }
 }
 
 /// Canonical form (sorted, merged, minimal CIDR blocks) of a set's elements.
@@ -48,50 +62,61 @@ fn strings(e: &SetElements) -> Vec<String> {
     }
 }
 
-fn commands(out: &mut String, verb: &str, table: &str, set: &str, elems: &[&String]) {
+fn commands(out: &mut String, verb: &str, table: &str, set: &str, elems: &[String]) {
     for chunk in elems.chunks(CHUNK) {
-        let list: Vec<&str> = chunk.iter().map(|s| s.as_str()).collect();
         let _ = writeln!(
             out,
             "{verb} element inet {table} {set} {{ {} }}",
-            list.join(", ")
+            chunk.join(", ")
         );
     }
 }
 
-/// The delta from `installed` (elements per set name) to `table`'s sets; `None` when
-/// nothing changes. Sets `installed` does not know are refilled whole.
+/// (added, deleted) between two sorted lists: a merge walk, so only the differences
+/// are ever turned into text (100,000 strings per side would cost megabytes).
+fn sorted_diff<T: Ord + ToString>(have: &[T], want: &[T]) -> (Vec<String>, Vec<String>) {
+    let (mut added, mut deleted) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < have.len() || j < want.len() {
+        match (have.get(i), want.get(j)) {
+            (Some(h), Some(w)) if h == w => {
+                i += 1;
+                j += 1;
+            }
+            (Some(h), Some(w)) if h < w => {
+                deleted.push(h.to_string());
+                i += 1;
+            }
+            (Some(h), None) => {
+                deleted.push(h.to_string());
+                i += 1;
+            }
+            (_, Some(w)) => {
+                added.push(w.to_string());
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    (added, deleted)
+}
+
+/// The delta from `installed` (canonical elements per set name) to `table`'s sets;
+/// `None` when nothing changes. Sets `installed` does not know are refilled whole.
 pub fn delta(table: &NftTable, installed: &BTreeMap<String, SetElements>) -> Option<ElementDelta> {
     let mut text = String::new();
-    let mut refill = String::new();
     let mut counts = Vec::new();
     for set in &table.sets {
-        let want = strings(&canonical(&set.elements));
-        let _ = writeln!(refill, "flush set inet {} {}", table.name, set.name);
-        commands(
-            &mut refill,
-            "add",
-            &table.name,
-            &set.name,
-            &want.iter().collect::<Vec<_>>(),
-        );
-        let have = installed.get(&set.name).map(|e| strings(&canonical(e)));
-        let Some(have) = have else {
-            let _ = writeln!(text, "flush set inet {} {}", table.name, set.name);
-            commands(
-                &mut text,
-                "add",
-                &table.name,
-                &set.name,
-                &want.iter().collect::<Vec<_>>(),
-            );
-            counts.push((set.name.clone(), want.len(), 0));
-            continue;
+        let want = canonical(&set.elements);
+        let (added, deleted) = match (installed.get(&set.name), &want) {
+            (Some(SetElements::Ipv4(h)), SetElements::Ipv4(w)) => sorted_diff(h, w),
+            (Some(SetElements::Ipv6(h)), SetElements::Ipv6(w)) => sorted_diff(h, w),
+            // Unknown, or of another family: filled whole.
+            _ => {
+                let _ = writeln!(text, "flush set inet {} {}", table.name, set.name);
+                (strings(&want), Vec::new())
+            }
         };
-        let want_set: BTreeSet<&String> = want.iter().collect();
-        let have_set: BTreeSet<&String> = have.iter().collect();
-        let deleted: Vec<&String> = have_set.difference(&want_set).copied().collect();
-        let added: Vec<&String> = want_set.difference(&have_set).copied().collect();
         if added.is_empty() && deleted.is_empty() {
             continue;
         }
@@ -99,10 +124,11 @@ pub fn delta(table: &NftTable, installed: &BTreeMap<String, SetElements>) -> Opt
         commands(&mut text, "add", &table.name, &set.name, &added);
         counts.push((set.name.clone(), added.len(), deleted.len()));
     }
-    (!counts.is_empty()).then_some(ElementDelta {
+    (!counts.is_empty()).then(|| ElementDelta {
         text,
-        refill,
         counts,
+        table: table.name.clone(),
+        sets: table.sets.clone(),
     })
 }
 
@@ -170,7 +196,6 @@ pub fn parse_listing(listing: &str) -> Vec<IpNet> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::nft::NftSet;
 
     fn table(v4: &[&str]) -> NftTable {
         NftTable {
