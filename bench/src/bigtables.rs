@@ -246,6 +246,26 @@ pub fn run(report: &mut Report, bin: &Path, bursts: usize) -> Result<()> {
             util::fmt_list(&settle_secs)
         ),
     );
+    let applied: Vec<String> = lines
+        .iter()
+        .filter(|(_, l)| !l.contains(" us late"))
+        .map(|(t, l)| {
+            let at = if *t >= t0 {
+                format!("+{:.2}s", (*t - t0).as_secs_f64())
+            } else {
+                format!("-{:.2}s", (t0 - *t).as_secs_f64())
+            };
+            let short: String = l.chars().take(160).collect();
+            format!("{at} {short}")
+        })
+        .collect();
+    report.detail(
+        SCENARIO,
+        format!(
+            "daemon log (without lateness lines, relative to the first burst): {}",
+            applied.join(" / ")
+        ),
+    );
     let expected = if bursts % 2 == 0 {
         ROUTES
     } else {

@@ -123,6 +123,6 @@ pub fn assemble(mut interfaces: BTreeMap<String, InterfaceFacts>, main: &MainTab
 /// `families` only).
 pub async fn read_facts(handle: &Handle, families: &[Family]) -> Result<Facts> {
     let interfaces = read_interfaces(handle).await?;
-    let main = MainTable::read(handle, families).await?;
+    let main = MainTable::read(families).await?;
     Ok(assemble(interfaces, &main))
 }

@@ -6,10 +6,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use futures::StreamExt;
 use ipnet::IpNet;
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
-use rtnetlink::Handle;
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 use super::error::{KernelError, Result};
 use super::routes::{address_family, table_of};
@@ -42,42 +45,20 @@ pub struct MainTable {
 }
 
 impl MainTable {
-    /// Reads the main table of `families`, one message at a time: the dump is never held
-    /// whole (100,000 route messages would be tens of MB).
-    pub async fn read(handle: &Handle, families: &[Family]) -> Result<MainTable> {
-        Self::read_with(handle, families, true).await
+    /// Reads the main table of `families`, one datagram at a time, on tokio's blocking
+    /// pool (its threads share the caller's network namespace). Not through the
+    /// rtnetlink connection: its reader queues a whole dump ahead of the consumer (100,000
+    /// route messages would be ~40 MB); here at most one datagram is held.
+    pub async fn read(families: &[Family]) -> Result<MainTable> {
+        let families = families.to_vec();
+        super::blocking(move || read_blocking(&families, true)).await
     }
 
     /// Only the default routes (a gateway changed): the specific ones are dropped as they
     /// stream by.
-    pub async fn read_defaults(handle: &Handle, families: &[Family]) -> Result<MainTable> {
-        Self::read_with(handle, families, false).await
-    }
-
-    async fn read_with(handle: &Handle, families: &[Family], specific: bool) -> Result<MainTable> {
-        let mut view = MainTable::default();
-        for &family in families {
-            let mut req = RouteMessage::default();
-            req.header.address_family = address_family(family);
-            // Only the main table crosses the socket (strict checking filters the dump).
-            req.attributes.push(RouteAttribute::Table(MAIN_TABLE));
-            let mut stream = handle.route().get(req).execute();
-            while let Some(item) = stream.next().await {
-                match item {
-                    Ok(msg) if specific || msg.header.destination_prefix_length == 0 => {
-                        view.insert(&msg);
-                    }
-                    Ok(_) => {}
-                    Err(rtnetlink::Error::NetlinkError(e))
-                        if e.raw_code().abs() == libc::ENOENT =>
-                    {
-                        break
-                    }
-                    Err(e) => return Err(KernelError::netlink("dumping the main table", e)),
-                }
-            }
-        }
-        Ok(view)
+    pub async fn read_defaults(families: &[Family]) -> Result<MainTable> {
+        let families = families.to_vec();
+        super::blocking(move || read_blocking(&families, false)).await
     }
 
     /// Applies an `RTM_NEWROUTE` (`added`) or `RTM_DELROUTE` event.
@@ -163,6 +144,75 @@ impl MainTable {
             self.specific.insert(k);
         }
     }
+}
+
+fn dump_error(detail: impl ToString) -> KernelError {
+    KernelError::Netlink {
+        what: "dumping the main table".into(),
+        detail: detail.to_string(),
+        hint: "see `ip route show table main`",
+    }
+}
+
+/// The dump itself, blocking: one request per family (strict checking on, so the kernel
+/// sends only the main table), each datagram's messages applied as they are parsed.
+fn read_blocking(families: &[Family], specific: bool) -> Result<MainTable> {
+    let mut view = MainTable::default();
+    let mut socket = Socket::new(NETLINK_ROUTE).map_err(dump_error)?;
+    socket.bind_auto().map_err(dump_error)?;
+    socket.connect(&SocketAddr::new(0, 0)).map_err(dump_error)?;
+    // Without it the kernel ignores RTA_TABLE and sends every table.
+    let _ = socket.set_netlink_get_strict_chk(true);
+    let mut rx = vec![0u8; 1 << 16];
+    for (seq, &family) in (1u32..).zip(families) {
+        let mut req = RouteMessage::default();
+        req.header.address_family = address_family(family);
+        req.attributes.push(RouteAttribute::Table(MAIN_TABLE));
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        header.sequence_number = seq;
+        let mut packet = NetlinkMessage::new(
+            header,
+            NetlinkPayload::from(RouteNetlinkMessage::GetRoute(req)),
+        );
+        packet.finalize();
+        let mut buf = vec![0; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        socket.send(&buf, 0).map_err(dump_error)?;
+        'datagrams: loop {
+            let n = socket.recv(&mut &mut rx[..], 0).map_err(dump_error)?;
+            let mut off = 0;
+            while off < n {
+                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx[off..n])
+                    .map_err(dump_error)?;
+                let len = msg.header.length as usize;
+                if msg.header.sequence_number == seq {
+                    match msg.payload {
+                        NetlinkPayload::Done(_) => break 'datagrams,
+                        NetlinkPayload::Error(e) => match e.code {
+                            None => break 'datagrams,
+                            // A table-filtered IPv6 dump where the family has no table.
+                            Some(c) if c.get().abs() == libc::ENOENT => break 'datagrams,
+                            Some(c) => {
+                                return Err(dump_error(std::io::Error::from_raw_os_error(-c.get())))
+                            }
+                        },
+                        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r))
+                            if specific || r.header.destination_prefix_length == 0 =>
+                        {
+                            view.insert(&r);
+                        }
+                        _ => {}
+                    }
+                }
+                if len == 0 {
+                    break;
+                }
+                off += (len + 3) & !3;
+            }
+        }
+    }
+    Ok(view)
 }
 
 /// A unicast route of the main table.

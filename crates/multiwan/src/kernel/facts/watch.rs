@@ -47,7 +47,7 @@ impl FactsWatch {
     /// Reads everything once.
     pub async fn new(kernel: &Kernel) -> Result<FactsWatch> {
         let interfaces = read_interfaces(kernel.handle()).await?;
-        let main = MainTable::read(kernel.handle(), &kernel.present_families()).await?;
+        let main = MainTable::read(&kernel.present_families()).await?;
         Ok(FactsWatch {
             interfaces,
             main,
@@ -109,11 +109,11 @@ impl FactsWatch {
         }
         let families = kernel.present_families();
         if self.reread {
-            self.main = MainTable::read(kernel.handle(), &families).await?;
+            self.main = MainTable::read(&families).await?;
             self.last_full = Instant::now();
             self.full_reads += 1;
         } else if self.defaults_dirty {
-            let fresh = MainTable::read_defaults(kernel.handle(), &families).await?;
+            let fresh = MainTable::read_defaults(&families).await?;
             self.main.set_defaults(fresh);
         }
         self.reread = false;

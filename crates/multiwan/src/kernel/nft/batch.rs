@@ -221,14 +221,32 @@ pub fn to_text_batch(table: &NftTable, existing: &Existing) -> String {
         let _ = writeln!(out, "add counter {t} {c}");
     }
     for x in &table.sets {
-        let (ty, elems) = nft_text::set_parts(&x.elements);
+        let ty = match &x.elements {
+            SetElements::Ipv4(_) => "ipv4_addr",
+            SetElements::Ipv6(_) => "ipv6_addr",
+        };
         let _ = writeln!(
             out,
             "add set {t} {} {{ type {ty}; flags interval; }}",
             x.name
         );
-        if !elems.is_empty() {
-            let _ = writeln!(out, "add element {t} {} {{ {} }}", x.name, elems.join(", "));
+        // Written straight into the batch: no string per element (a set may hold
+        // 100,000 of them).
+        let mut first = true;
+        let mut element = |out: &mut String, e: &dyn std::fmt::Display| {
+            let _ = if first {
+                write!(out, "add element {t} {} {{ {e}", x.name)
+            } else {
+                write!(out, ", {e}")
+            };
+            first = false;
+        };
+        match &x.elements {
+            SetElements::Ipv4(v) => v.iter().for_each(|e| element(&mut out, e)),
+            SetElements::Ipv6(v) => v.iter().for_each(|e| element(&mut out, e)),
+        }
+        if !first {
+            out.push_str(" }\n");
         }
     }
     for c in &table.chains {

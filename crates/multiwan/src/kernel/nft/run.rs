@@ -19,7 +19,7 @@ use crate::kernel::error::{KernelError, Result};
 /// `nft <args>`, with `stdin` fed to it when given; returns what it printed.
 pub(super) async fn nft(
     args: &[&str],
-    stdin: Option<String>,
+    stdin: Option<&str>,
 ) -> std::result::Result<String, NftablesError> {
     let nft = DEFAULT_NFT.unwrap_or("nft");
     let program = OsString::from(nft);
@@ -61,12 +61,14 @@ pub(super) async fn nft(
 
 /// `nft [-j] <args> -f -` with the batch on stdin.
 async fn feed(batch: &NftBatch, args: &[&str]) -> std::result::Result<(), NftablesError> {
+    // A text batch is fed as it is (no copy: it may hold 100,000 set elements).
+    let json_text;
     let (text, json) = match batch {
-        NftBatch::Json(j) => (
-            serde_json::to_string(j).map_err(NftablesError::NftInvalidJson)?,
-            true,
-        ),
-        NftBatch::Text(t) => (t.clone(), false),
+        NftBatch::Json(j) => {
+            json_text = serde_json::to_string(j).map_err(NftablesError::NftInvalidJson)?;
+            (json_text.as_str(), true)
+        }
+        NftBatch::Text(t) => (t.as_str(), false),
     };
     let mut all: Vec<&str> = Vec::new();
     if json {
