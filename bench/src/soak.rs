@@ -130,6 +130,21 @@ fn figures(router: &Netns, pid: u32, nft_table: &str) -> Figures {
     }
 }
 
+/// Records a failed control command (its first line) instead of ending the soak.
+fn note<T>(refused: &mut Vec<String>, r: Result<T>) {
+    if let Err(e) = r {
+        let text = format!("{e:#}");
+        refused.push(
+            text.lines()
+                .last()
+                .unwrap_or("")
+                .chars()
+                .take(200)
+                .collect(),
+        );
+    }
+}
+
 /// Exchanges 1 KiB on every connection still alive; returns how many are alive.
 fn checkpoint(conns: &mut [Option<LongLivedConnection>]) -> usize {
     for slot in conns.iter_mut() {
@@ -194,6 +209,8 @@ pub fn run(report: &mut Report, bin: &Path, minutes: u64) -> Result<()> {
     let mut churned_out = false;
     let mut churn_at = 0u32;
     let mut alive_log = Vec::new();
+    // Control commands the daemon did not answer (or refused): counted, not fatal.
+    let mut refused: Vec<String> = Vec::new();
     let end = Instant::now() + Duration::from_secs(minutes * 60);
     let mut next_checkpoint = Instant::now() + Duration::from_secs(60);
     while Instant::now() < end {
@@ -213,13 +230,13 @@ pub fn run(report: &mut Report, bin: &Path, minutes: u64) -> Result<()> {
                 lab.carrier(k, true)?;
             }
             2 => {
-                mw.cli(router, &["reload"])?;
+                note(&mut refused, mw.cli(router, &["reload"]));
             }
             3 => {
                 let link = format!("isp{k}");
-                mw.cli(router, &["link", &link, "down"])?;
+                note(&mut refused, mw.cli(router, &["link", &link, "down"]));
                 util::sleep(Duration::from_secs(1))?;
-                mw.cli(router, &["link", &link, "auto"])?;
+                note(&mut refused, mw.cli(router, &["link", &link, "auto"]));
             }
             4 => {
                 router.nft(
@@ -332,6 +349,18 @@ pub fn run(report: &mut Report, bin: &Path, minutes: u64) -> Result<()> {
         format!(
             "actions: blackhole {} · carrier {} · reload {} · override {} · firewall reload {} · route churn {}",
             counts[0], counts[1], counts[2], counts[3], counts[4], counts[5]
+        ),
+    );
+    report.info(
+        SCENARIO,
+        "control commands (reload, link) that failed",
+        format!(
+            "{}{}",
+            refused.len(),
+            refused
+                .first()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default()
         ),
     );
     let errors: Vec<String> = log
