@@ -123,7 +123,10 @@ impl Kernel {
     ) -> Result<ApplyReport> {
         // Rules matching cgroups that do not exist now cannot be loaded (nft::with_live_cgroups).
         let (nft_table, nft_notes) = nft::with_live_cgroups(&desired.nft);
+        // A table with big sets leaves megabytes of freed batch text behind.
+        let big = nft::needs_text(&nft_table);
         let diff = KernelDiff::with_nft(&installed, desired, &nft_table, nft_notes);
+        drop(installed);
         for c in &diff.conflicts {
             tracing::warn!("{c}");
         }
@@ -146,6 +149,10 @@ impl Kernel {
             )),
             Ok(false) => {}
             Err(e) => tracing::warn!("{e}"),
+        }
+        drop(diff);
+        if big {
+            super::trim_heap();
         }
         report.elapsed = start.elapsed();
         Ok(report)

@@ -246,6 +246,17 @@ impl Kernel {
     }
 }
 
+/// Gives freed heap back to the system. glibc keeps freed memory for reuse, so after an
+/// apply with 100,000 set elements (megabytes of batch text and listings, freed) the
+/// daemon's RSS would stay that much above what it uses.
+pub(crate) fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator; no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Runs blocking kernel I/O (ctnetlink, files under /etc) off the event loop.
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T> + Send + 'static,

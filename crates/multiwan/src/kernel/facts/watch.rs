@@ -110,6 +110,8 @@ impl FactsWatch {
         let families = kernel.present_families();
         if self.reread {
             self.main = MainTable::read(&families).await?;
+            // The old view (100,000 routes: megabytes) was just freed.
+            super::super::trim_heap();
             self.last_full = Instant::now();
             self.full_reads += 1;
         } else if self.defaults_dirty {
