@@ -4,9 +4,9 @@
 //! costs 20,000 set operations, not a re-read of 100,000 routes per burst.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
 };
@@ -39,7 +39,10 @@ pub struct MainTable {
     /// Every unicast route with a prefix length above 0, by the kernel's identity of a
     /// route (destination, metric, TOS): a replace keeps the key, a delete names it, so
     /// two routes to one prefix (two metrics) count until both are gone.
-    specific: BTreeSet<(IpNet, u32, u8)>,
+    /// IPv4 as (address, prefix length, metric, TOS): 12 bytes a route instead of the
+    /// 24 of an `IpNet` key (100,000 VPN routes are nearly all IPv4).
+    specific4: BTreeSet<(u32, u8, u32, u8)>,
+    specific6: BTreeSet<(u128, u8, u32, u8)>,
     /// Default routes' next hops: (oif, gateway, metric).
     defaults: Vec<(u32, IpAddr, u32)>,
 }
@@ -72,11 +75,7 @@ impl MainTable {
         let Some(key) = key(msg) else {
             return RouteEvent::Unchanged;
         };
-        let changed = if added {
-            self.specific.insert(key)
-        } else {
-            self.specific.remove(&key)
-        };
+        let changed = if added { self.put(key) } else { self.take(key) };
         if changed {
             RouteEvent::Prefixes
         } else {
@@ -92,9 +91,15 @@ impl MainTable {
     /// The distinct prefixes, sorted.
     pub fn prefixes(&self) -> Vec<IpNet> {
         let mut out: Vec<IpNet> = Vec::new();
-        for (net, _, _) in &self.specific {
-            if out.last() != Some(net) {
-                out.push(*net);
+        let v4 = self.specific4.iter().map(|&(a, len, _, _)| {
+            IpNet::V4(Ipv4Net::new(Ipv4Addr::from(a), len).expect("valid length, checked in key()"))
+        });
+        let v6 = self.specific6.iter().map(|&(a, len, _, _)| {
+            IpNet::V6(Ipv6Net::new(Ipv6Addr::from(a), len).expect("valid length, checked in key()"))
+        });
+        for net in v4.chain(v6) {
+            if out.last() != Some(&net) {
+                out.push(net);
             }
         }
         out
@@ -102,11 +107,11 @@ impl MainTable {
 
     /// Number of routes kept (for logs and tests).
     pub fn len(&self) -> usize {
-        self.specific.len()
+        self.specific4.len() + self.specific6.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.specific.is_empty()
+        self.specific4.is_empty() && self.specific6.is_empty()
     }
 
     /// The lowest-metric default gateway per interface index, per family.
@@ -130,6 +135,20 @@ impl MainTable {
         out
     }
 
+    fn put(&mut self, key: Key) -> bool {
+        match key {
+            Key::V4(k) => self.specific4.insert(k),
+            Key::V6(k) => self.specific6.insert(k),
+        }
+    }
+
+    fn take(&mut self, key: Key) -> bool {
+        match key {
+            Key::V4(k) => self.specific4.remove(&k),
+            Key::V6(k) => self.specific6.remove(&k),
+        }
+    }
+
     fn insert(&mut self, msg: &RouteMessage) {
         if !kept(msg) {
             return;
@@ -141,7 +160,7 @@ impl MainTable {
                 }
             }
         } else if let Some(k) = key(msg) {
-            self.specific.insert(k);
+            self.put(k);
         }
     }
 }
@@ -220,7 +239,13 @@ fn kept(msg: &RouteMessage) -> bool {
     table_of(msg) == MAIN_TABLE && msg.header.kind == RouteType::Unicast
 }
 
-fn key(msg: &RouteMessage) -> Option<(IpNet, u32, u8)> {
+/// The kernel's identity of a route: destination, metric, TOS.
+enum Key {
+    V4((u32, u8, u32, u8)),
+    V6((u128, u8, u32, u8)),
+}
+
+fn key(msg: &RouteMessage) -> Option<Key> {
     let dst = destination(msg)?;
     if is_link_local6(&dst.addr()) || dst.addr().is_multicast() {
         return None;
@@ -233,7 +258,11 @@ fn key(msg: &RouteMessage) -> Option<(IpNet, u32, u8)> {
             _ => None,
         })
         .unwrap_or(0);
-    Some((dst, metric, msg.header.tos))
+    let tos = msg.header.tos;
+    Some(match dst {
+        IpNet::V4(n) => Key::V4((u32::from(n.addr()), n.prefix_len(), metric, tos)),
+        IpNet::V6(n) => Key::V6((u128::from(n.addr()), n.prefix_len(), metric, tos)),
+    })
 }
 
 pub(crate) fn is_link_local6(addr: &IpAddr) -> bool {
