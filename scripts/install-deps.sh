@@ -6,9 +6,10 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 # systemd: systemd-analyze for the packaging test; openssl: the TLS servers of the https
-# probe test; ca-certificates: the system trust store https probes verify against.
+# probe test; ca-certificates: the system trust store https probes verify against;
+# radvd, ndisc6 (rdisc6): router advertisements in the IPv6 lab.
 pkgs=(nftables iproute2 conntrack iperf3 procps kmod iputils-ping python3 ca-certificates
-      openssl systemd build-essential pkg-config)
+      openssl systemd build-essential pkg-config radvd ndisc6)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

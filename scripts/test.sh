@@ -7,12 +7,12 @@ bash scripts/install-deps.sh
 export CI="${CI:-false}"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Issue #8's house rules: file and function lengths, the modules' dependency order.
+python3 scripts/house-rules.py
 before=$(ip netns list | awk '{print $1}' | sort)
-if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --locked --no-fail-fast
-else
-    cargo test --workspace --locked --no-fail-fast
-fi
+# nextest, not `cargo test`: it runs the `serial_` tests one at a time (install-deps.sh
+# installs it).
+cargo nextest run --workspace --locked --no-fail-fast
 # Namespaces that were not there before the tests: a teardown is missing.
 left=$(comm -13 <(echo "$before") <(ip netns list | awk '{print $1}' | sort))
 if [ -n "$left" ]; then

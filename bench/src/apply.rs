@@ -67,6 +67,7 @@ fn build_namespaces() -> Result<(Netns, Netns)> {
     Ok((router, peer))
 }
 
+// long-fn: one measurement after another on the same router, each a row
 pub fn run(report: &mut Report, bin: &Path) -> Result<()> {
     eprintln!("multiwan-bench: apply: building a router with {LINKS} uplinks");
     let (router, _peer) = build_namespaces()?;

@@ -8,7 +8,9 @@ mod bigtables;
 mod mwan;
 mod nfttime;
 mod outage;
+mod outage6;
 mod policies;
+mod repair;
 mod report;
 mod rss;
 mod soak;
@@ -28,6 +30,8 @@ enum Scenario {
     /// Client-visible failover outage (blackhole, carrier loss), multiwan vs the classic
     /// ping loop, and detection → applied from the daemon's log.
     Outage,
+    /// The IPv6 blackhole outage beside the IPv4 one, dual-stack lab (issue 10).
+    Outage6,
     /// nft's own transaction times, for reading the apply times against.
     Nft,
     /// Daemon RSS and CPU with 8 links × 3 targets at 5 probes/s.
@@ -38,6 +42,12 @@ enum Scenario {
     Connrate,
     /// Plan + apply time for 64 links and 1000 rules.
     Apply,
+    /// LAN outage of a firewall reload (`flush ruleset` + the firewall) under the daemon.
+    Reload,
+    /// Probe round lateness and false loss while status and metrics are asked 20/s each.
+    Lateness,
+    /// reload, lateness (issue 9).
+    Repair,
     /// 100k main-table routes changing 20k at a time (issue 14; not in `all`).
     Bigtables,
     /// `--soak-minutes` of flaps, reloads, overrides, firewall reloads and route churn
@@ -57,7 +67,10 @@ impl Scenario {
         match self {
             Daemon => vec![Outage, Nft, Rss],
             Policies => vec![Throughput, Connrate, Apply],
-            All => vec![Outage, Nft, Rss, Throughput, Connrate, Apply],
+            Repair => vec![Reload, Lateness],
+            All => vec![
+                Outage, Outage6, Nft, Rss, Throughput, Connrate, Apply, Reload, Lateness,
+            ],
             s => vec![s],
         }
     }
@@ -69,8 +82,8 @@ impl Scenario {
     about = "Benchmarks multiwan in network-namespace labs and prints a markdown table (needs root)"
 )]
 struct Args {
-    /// Scenarios to run, in this order: outage nft rss throughput connrate apply
-    /// (groups: daemon, policies, all). Default: all.
+    /// Scenarios to run, in this order: outage nft rss throughput connrate apply reload
+    /// lateness (groups: daemon, policies, repair, all). Default: all.
     #[arg(value_enum)]
     scenarios: Vec<Scenario>,
     /// Trials per kind of failure and method in `outage` (at least 10 for the report).
@@ -91,6 +104,12 @@ struct Args {
     /// Seconds of each connection-rate run.
     #[arg(long, default_value_t = 5)]
     connrate_seconds: u64,
+    /// Firewall reloads in `reload`.
+    #[arg(long, default_value_t = 10)]
+    reload_trials: usize,
+    /// Seconds of each of the two windows (quiet, loaded) of `lateness`.
+    #[arg(long, default_value_t = 20)]
+    lateness_seconds: u64,
     /// The multiwan binary to measure (default: build target/release/multiwan first).
     #[arg(long)]
     multiwan: Option<PathBuf>,
@@ -144,6 +163,7 @@ fn run(args: Args) -> Result<()> {
         let t = Instant::now();
         let result = match s {
             Scenario::Outage => outage::run(&mut report, &bin, args.trials),
+            Scenario::Outage6 => outage6::run(&mut report, &bin, args.trials),
             Scenario::Nft => nfttime::run(&mut report, &bin),
             Scenario::Rss => rss::run(&mut report, &bin, args.rss_seconds),
             Scenario::Throughput | Scenario::Connrate => (|| {
@@ -168,7 +188,11 @@ fn run(args: Args) -> Result<()> {
             }
             Scenario::Bigtables => bigtables::run(&mut report, &bin, args.bursts),
             Scenario::Soak => soak::run(&mut report, &bin, args.soak_minutes),
-            Scenario::Daemon | Scenario::Policies | Scenario::All => unreachable!("expanded"),
+            Scenario::Reload => repair::reload(&mut report, &bin, args.reload_trials),
+            Scenario::Lateness => repair::lateness(&mut report, &bin, args.lateness_seconds),
+            Scenario::Daemon | Scenario::Policies | Scenario::Repair | Scenario::All => {
+                unreachable!("expanded")
+            }
         };
         if let Err(e) = result {
             eprintln!("multiwan-bench: {name} failed: {e:#}");

@@ -74,6 +74,7 @@ pub fn plan_ruleset(mw: &Instance, ns: &Netns, to: &str) -> Result<String> {
     Ok(script.replace(&from, &format!("table inet {to} {{")))
 }
 
+// long-fn: one measurement after another on the same lab, each a row
 pub fn run(report: &mut Report, bin: &Path) -> Result<()> {
     eprintln!("multiwan-bench: nft: building the lab (3 ISPs)");
     let lab = Lab::builder("nft")

@@ -9,6 +9,29 @@ use serde::{Deserialize, Serialize};
 pub struct Status {
     pub links: Vec<LinkStatus>,
     pub policies: Vec<PolicyStatus>,
+    /// The daemon's own health: only present once it repaired something or while its
+    /// applies fail (SPEC §4's fields stay as they are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<DaemonStatus>,
+}
+
+/// Repairs of damage done by others (SPEC §2.14) and failing applies.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    /// Read-back applies that found something damaged and put it right.
+    pub repairs: u64,
+    pub last_repair: Option<RepairStatus>,
+    /// Applies that failed in a row (0: the last one succeeded); retried with backoff.
+    pub apply_failures: u32,
+    pub last_apply_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RepairStatus {
+    /// What was damaged: nft, rules, routes, overflow (events lost).
+    pub what: String,
+    /// RFC 3339, UTC.
+    pub at: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1414,19 +1414,21 @@ fn invalid_gateways() {
 
 #[test]
 fn npt6_prefixes() {
-    // npt6 is not carried out by this build: valid prefixes are refused as such, with
-    // the key, rather than accepted and ignored (see unimplemented_keys_are_refused).
+    // outside = "auto" is not carried out by this build: refused as such, with the
+    // key, rather than accepted and ignored (see unimplemented_keys_are_refused); a
+    // static outside prefix is installed.
     one_error(
         &two("npt6 = { inside = \"fd00:1::/48\", outside = \"auto\" }\n"),
         "links.isp2.npt6.outside",
         7,
         "outside = \"auto\"",
     );
-    one_error(
-        &two("npt6 = { inside = \"fd00:1::/48\", outside = \"2001:db8:1::/48\" }\n"),
-        "links.isp2.npt6",
-        7,
-        "not implemented",
+    let c = ok(&two(
+        "npt6 = { inside = \"fd00:1::/48\", outside = \"2001:db8:1::/48\" }\n",
+    ));
+    assert_eq!(
+        c.links[1].npt6.as_ref().and_then(|n| n.outside),
+        Some("2001:db8:1::/48".parse().unwrap())
     );
 
     one_error(
@@ -1580,13 +1582,9 @@ fn array_keys_survive_dropped_entries() {
 /// write instead, never accepted and ignored (issue #11).
 #[test]
 fn unimplemented_keys_are_refused() {
-    let e = one_error(
-        &two("snat_to = \"198.51.100.2\"\n"),
-        "links.isp2.snat_to",
-        7,
-        "snat_to is not implemented in this build yet",
-    );
-    assert_eq!(e.column, 11);
+    // snat_to is implemented (SNAT to that address instead of masquerade).
+    let c = ok(&two("snat_to = \"198.51.100.2\"\n"));
+    assert_eq!(c.links[1].snat_to, Some("198.51.100.2".parse().unwrap()));
     // A wrong value is told what is wrong with it, once.
     one_error(
         &two("snat_to = \"2001:db8::2\"\n"),
@@ -1614,12 +1612,10 @@ fn unimplemented_keys_are_refused() {
         "DHCPv6-PD",
     );
     assert_eq!(e.column, 8);
-    one_error(
-        &two("npt6 = { inside = \"fd00:1::/64\", outside = \"2001:db8:1:100::/64\" }\n"),
-        "links.isp2.npt6",
-        7,
-        "use masquerade6 = true",
-    );
+    // A static outside prefix is implemented.
+    ok(&two(
+        "npt6 = { inside = \"fd00:1::/64\", outside = \"2001:db8:1:100::/64\" }\n",
+    ));
     // What is implemented stays accepted: masquerade6, and https:// URLs of http checks.
     let c = ok(&two(
         "masquerade6 = true\n[links.isp2.check]\nmethod = \"http\"\n\

@@ -878,3 +878,30 @@ fn initial_disabled_counts_as_up() {
     let s = Sim::new(Some(default_check()), LinkState::Disabled);
     assert_eq!(s.state(), LinkState::Up);
 }
+
+/// A prober that gives no round for 3 intervals (the daemon's supervision calls
+/// `on_silence`): the link goes down with "no probe results", not as a flap, and good
+/// rounds bring it back as usual. Without a check there is nothing to be silent.
+#[test]
+fn silence_takes_the_link_down_until_good_rounds_return() {
+    let mut s = Sim::new(Some(default_check()), LinkState::Up);
+    s.rounds(2, &good());
+    s.now += INTERVAL * 3;
+    let now = s.now;
+    let t = s.link.on_silence(now).expect("down on silence");
+    assert_eq!((t.from, t.to), (LinkState::Up, LinkState::Down));
+    assert_eq!(t.reason, multiwan::health::NO_PROBE_RESULTS);
+    assert_eq!(s.link.damped_until(), None, "silence is not a flap");
+    // Silent again while down: nothing new.
+    assert!(s.link.on_silence(now + INTERVAL * 3).is_none());
+    s.now += INTERVAL * 3;
+    s.rounds(4, &good());
+    assert_eq!(s.state(), LinkState::Down);
+    s.round(&good());
+    assert_eq!(s.state(), LinkState::Up);
+
+    let mut unchecked = Sim::new(None, LinkState::Up);
+    let now = unchecked.now + INTERVAL * 10;
+    assert!(unchecked.link.on_silence(now).is_none());
+    assert_eq!(unchecked.state(), LinkState::Up);
+}

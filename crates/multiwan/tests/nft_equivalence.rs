@@ -61,14 +61,15 @@ fn text_and_json_renderings_install_the_same_table() {
             let script = render::plan_script(&cfg, &desired);
             let table = desired.nft.clone();
             if knft::needs_text(&table) {
-                // Cgroup matches: nft's JSON cannot carry them, so apply sends the text
-                // batch; it must install what `plan` prints. nft resolves the cgroups
-                // when loading, so they are made real (same depth, a test's own names).
+                // Cgroup matches or NPTv6: JSON cannot carry them, so apply sends the
+                // text batch; it must install what `plan` prints. nft resolves the
+                // cgroups when loading, so they are made real (same depth, a test's own
+                // names).
                 let cgroups = common::TestCgroup::new(&format!("eq-{tag}-{}", states.len()));
                 let knft::NftBatch::Text(batch) = knft::to_batch(&table, &Existing::default())
                 else {
                     panic!(
-                        "{}: a table with cgroup matches needs the text batch",
+                        "{}: a table with cgroup matches or NPTv6 needs the text batch",
                         path.display()
                     )
                 };

@@ -123,6 +123,26 @@ fn golden_nat_and_clamping_per_link() {
     check_golden_with("nat", &LinkStates::new(), &facts_v6_on_wan2());
 }
 
+#[test]
+fn golden_snat_to_a_fixed_address() {
+    check_golden("snat_to", &LinkStates::new());
+}
+
+#[test]
+fn golden_npt6_and_nat66() {
+    check_golden_with("npt6", &LinkStates::new(), &facts_v6_on_wan1_wan2());
+}
+
+/// The lab's facts with IPv6 (SLAAC address, RA default route) on wan1 and wan2.
+fn facts_v6_on_wan1_wan2() -> Facts {
+    let mut facts = facts_v6_on_wan2();
+    let wan1 = facts.interfaces.get_mut("wan1").unwrap();
+    wan1.addresses.push("2001:db8:1::2/64".parse().unwrap());
+    wan1.default_gateway6 = Some("fe80::1".parse().unwrap());
+    facts.main_prefixes.push("2001:db8:1::/64".parse().unwrap());
+    facts
+}
+
 /// The lab's facts with an IPv6 address and default route on wan2 only.
 fn facts_v6_on_wan2() -> Facts {
     let mut facts = common::lab_facts();
@@ -164,6 +184,12 @@ fn golden_nft_text_loads() {
         let script = plan_file(&path, &LinkStates::new());
         plans.push((path.clone(), script));
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        if stem == "npt6" {
+            plans.push((
+                path.clone(),
+                plan_file_with(&path, &LinkStates::new(), &facts_v6_on_wan1_wan2()),
+            ));
+        }
         if stem == "ipv6" || stem == "nat" {
             plans.push((
                 path.clone(),

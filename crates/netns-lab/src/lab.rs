@@ -71,6 +71,9 @@ pub const LOSS_TABLE: &str = "lab_loss";
 
 pub mod addr;
 mod faults;
+mod ipv6;
+
+pub use ipv6::{addr6, BCP38_TABLE6};
 
 /// Options of a [`Lab`]; start from [`Lab::builder`].
 #[derive(Clone, Debug)]
@@ -83,6 +86,8 @@ pub struct LabBuilder {
     gateway_routes: bool,
     rp_filter_strict: bool,
     extra_lan_clients: usize,
+    /// ISPs with IPv6 (see [`ipv6`]), ascending.
+    ipv6: Vec<usize>,
 }
 
 impl LabBuilder {
@@ -133,6 +138,16 @@ impl LabBuilder {
         self
     }
 
+    /// ISPs that also have IPv6 (default none: an IPv4-only lab): router
+    /// advertisements from radvd, a routed /48, IPv6 BCP 38; the LAN, the client and
+    /// the targets get IPv6 addresses too. See the `ipv6` module docs.
+    pub fn ipv6(mut self, isps: &[usize]) -> Self {
+        self.ipv6 = isps.to_vec();
+        self.ipv6.sort_unstable();
+        self.ipv6.dedup();
+        self
+    }
+
     /// Creates every namespace, link, address, route and filter.
     pub fn build(self) -> Result<Lab> {
         Lab::build(self)
@@ -152,6 +167,23 @@ pub struct Lab {
     lan: Netns,
     /// Last octet of each ISP's current gateway address (see [`Lab::move_gateway`]).
     gateways: Mutex<Vec<u8>>,
+    /// Daemons the lab runs (radvd), stopped with it.
+    daemons: Mutex<Vec<LabDaemon>>,
+}
+
+/// A daemon the lab started, and the files it gave it; both go when dropped.
+#[derive(Debug)]
+struct LabDaemon {
+    _guard: crate::netns::ChildGuard,
+    files: Vec<std::path::PathBuf>,
+}
+
+impl Drop for LabDaemon {
+    fn drop(&mut self) {
+        for f in &self.files {
+            let _ = std::fs::remove_file(f);
+        }
+    }
 }
 
 impl Lab {
@@ -166,6 +198,7 @@ impl Lab {
             gateway_routes: true,
             rp_filter_strict: false,
             extra_lan_clients: 0,
+            ipv6: Vec::new(),
         }
     }
 
@@ -190,6 +223,12 @@ impl Lab {
             "at most {MAX_EXTRA_LAN_CLIENTS} extra LAN clients fit in 192.0.2.0/24, not {}",
             opts.extra_lan_clients
         );
+        ensure!(
+            opts.ipv6.iter().all(|k| (1..=opts.isps).contains(k)),
+            "IPv6 ISPs {:?}: this lab has ISPs 1..={}",
+            opts.ipv6,
+            opts.isps
+        );
         let base = unique_name(&opts.prefix, &opts.tag);
         // Each guard deletes its namespace if a later step fails.
         let router = Netns::new(format!("{base}-r"))?;
@@ -200,6 +239,7 @@ impl Lab {
         let lan = Netns::new(format!("{base}-lan"))?;
         let lab = Lab {
             gateways: Mutex::new(vec![1; opts.isps]),
+            daemons: Mutex::new(Vec::new()),
             opts,
             router,
             isps,
@@ -319,6 +359,9 @@ impl Lab {
         for k in 1..=self.isp_count() {
             self.configure_wan(k)?;
         }
+        if !self.opts.ipv6.is_empty() {
+            self.setup_ipv6()?;
+        }
         Ok(())
     }
 
@@ -341,6 +384,9 @@ impl Lab {
             ("net.ipv4.conf.all.rp_filter", "0"),
             ("net.ipv4.conf.default.rp_filter", "0"),
         ])?;
+        if !self.opts.ipv6.is_empty() {
+            self.ipv6_sysctls()?;
+        }
         Ok(())
     }
 
@@ -378,10 +424,15 @@ impl Lab {
             self.router
                 .sysctl(&format!("net.ipv4.conf.{wan}.rp_filter"), "1")?;
         }
-        let mut cmds = vec![
+        let mut cmds = if self.opts.ipv6.contains(&k) {
+            self.wan6_prepare_cmds(k)?
+        } else {
+            Vec::new()
+        };
+        cmds.extend([
             format!("link set {wan} up"),
             format!("addr add {}/24 dev {wan}", addr::wan(k)),
-        ];
+        ]);
         if self.opts.gateway_routes {
             cmds.push(self.gateway_route_cmd(k));
         }
@@ -535,9 +586,12 @@ impl Lab {
             .collect()
     }
 
-    /// Which of this lab's ISPs a source address belongs to (100.64.k.x → k).
+    /// Which of this lab's ISPs a source address belongs to (100.64.k.x → k; IPv6:
+    /// ISP k's customer /64 or routed /48, see [`addr6::isp_of`]).
     pub fn isp_of(&self, addr: IpAddr) -> Option<usize> {
-        addr::isp_of(addr).filter(|k| *k <= self.isp_count())
+        addr::isp_of(addr)
+            .or_else(|| addr6::isp_of(addr))
+            .filter(|k| *k <= self.isp_count())
     }
 
     // ----------------------------------------------------------------- inspection

@@ -44,8 +44,10 @@ impl Traffic {
                 let attempts = attempts2.clone();
                 let name = ns_name.clone();
                 workers.push(std::thread::spawn(move || {
-                    let isp =
-                        whoami_in(&name, server, port, timeout).and_then(crate::lab::addr::isp_of);
+                    // IPv4 (also v4-mapped) or the lab's IPv6 ISP prefixes.
+                    let isp = whoami_in(&name, server, port, timeout).and_then(|a| {
+                        crate::lab::addr::isp_of(a).or_else(|| crate::lab::addr6::isp_of(a))
+                    });
                     attempts.lock().unwrap().push(Attempt { at, isp });
                 }));
                 std::thread::sleep(every);

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::plan::LinkState;
 use crate::probe::{ProbeOutcome, RoundReport};
-use crate::status::Status;
+use crate::status::{LinkStatus, Status};
 
 /// Upper bounds of the `multiwan_apply_seconds` buckets: a state change applies in a
 /// few milliseconds; a full apply (start, reload) reads the kernel back and takes tens.
@@ -48,7 +48,15 @@ pub struct Metrics {
     apply_buckets: [u64; APPLY_BUCKETS.len()],
     apply_count: u64,
     apply_sum: f64,
+    /// what → repairs (see [`REPAIR_KINDS`]).
+    repairs: BTreeMap<&'static str, u64>,
 }
+
+/// The `what` of `multiwan_repairs_total`, each shown from the start (at 0): `nft`,
+/// `rules`, `routes`: a read-back apply put right what someone else changed;
+/// `overflow`: kernel events were lost and everything was read again;
+/// `apply_failed`: an apply failed (and was retried with a full read-back).
+pub const REPAIR_KINDS: [&str; 5] = ["nft", "rules", "routes", "overflow", "apply_failed"];
 
 impl Metrics {
     pub fn transition(&mut self, link: &str, to: LinkState) {
@@ -74,6 +82,33 @@ impl Metrics {
         self.apply_sum += s;
     }
 
+    /// One repair of `what` (one of [`REPAIR_KINDS`]).
+    pub fn repair(&mut self, what: &str) {
+        if let Some(kind) = REPAIR_KINDS.iter().find(|k| **k == what) {
+            *self.repairs.entry(kind).or_default() += 1;
+        }
+    }
+
+    fn render_repairs(&self, out: &mut String) {
+        family(
+            out,
+            "multiwan_repairs_total",
+            "counter",
+            "Repairs by the daemon: nft, rules, routes (put right after someone else \
+             changed them), overflow (kernel events lost, all read again), apply_failed \
+             (an apply failed and was retried with a full read-back).",
+        );
+        for kind in REPAIR_KINDS {
+            let n = self.repairs.get(kind).copied().unwrap_or(0);
+            sample(
+                out,
+                "multiwan_repairs_total",
+                &[("what", kind)],
+                &n.to_string(),
+            );
+        }
+    }
+
     /// A link removed from the config: its series go away.
     pub fn forget(&mut self, link: &str) {
         self.transitions.retain(|(l, _), _| l != link);
@@ -84,77 +119,16 @@ impl Metrics {
     pub fn render(&self, status: &Status) -> String {
         let mut out = String::new();
         let links = &status.links;
+        link_gauges(&mut out, links);
+        self.render_counters(&mut out, links);
+        self.render_apply(&mut out);
+        self.render_repairs(&mut out);
+        out
+    }
 
+    fn render_counters(&self, out: &mut String, links: &[LinkStatus]) {
         family(
-            &mut out,
-            "multiwan_link_up",
-            "gauge",
-            "1 while the link is in service (state up), else 0.",
-        );
-        for l in links {
-            let up = u8::from(l.state == "up");
-            sample(
-                &mut out,
-                "multiwan_link_up",
-                &[("link", &l.name)],
-                &up.to_string(),
-            );
-        }
-
-        family(
-            &mut out,
-            "multiwan_link_state",
-            "gauge",
-            "The link's state: 1 for the state it is in, 0 for the others.",
-        );
-        for l in links {
-            for s in STATES {
-                let v = u8::from(l.state == s.as_str());
-                sample(
-                    &mut out,
-                    "multiwan_link_state",
-                    &[("link", &l.name), ("state", s.as_str())],
-                    &v.to_string(),
-                );
-            }
-        }
-
-        family(
-            &mut out,
-            "multiwan_link_rtt_seconds",
-            "gauge",
-            "Mean round-trip time of the answered health-check probes over the check window.",
-        );
-        for l in links {
-            if let Some(ms) = l.rtt_ms {
-                sample(
-                    &mut out,
-                    "multiwan_link_rtt_seconds",
-                    &[("link", &l.name)],
-                    &float(ms / 1e3),
-                );
-            }
-        }
-
-        family(
-            &mut out,
-            "multiwan_link_loss_ratio",
-            "gauge",
-            "Lost health-check probes / sent probes over the check window (0 to 1).",
-        );
-        for l in links {
-            if let Some(pct) = l.loss_pct {
-                sample(
-                    &mut out,
-                    "multiwan_link_loss_ratio",
-                    &[("link", &l.name)],
-                    &float(pct / 100.0),
-                );
-            }
-        }
-
-        family(
-            &mut out,
+            out,
             "multiwan_link_transitions_total",
             "counter",
             "State changes of the link since the daemon started, by the state entered.",
@@ -166,7 +140,7 @@ impl Metrics {
         transitions.extend(self.transitions.iter().map(|(k, v)| (k.clone(), *v)));
         for ((link, to), n) in &transitions {
             sample(
-                &mut out,
+                out,
                 "multiwan_link_transitions_total",
                 &[("link", link), ("to", to.as_str())],
                 &n.to_string(),
@@ -174,7 +148,7 @@ impl Metrics {
         }
 
         family(
-            &mut out,
+            out,
             "multiwan_probes_total",
             "counter",
             "Health-check probes since the daemon started, by link, target and result \
@@ -182,7 +156,7 @@ impl Metrics {
         );
         for ((link, target, result), n) in &self.probes {
             sample(
-                &mut out,
+                out,
                 "multiwan_probes_total",
                 &[("link", link), ("target", target), ("result", result)],
                 &n.to_string(),
@@ -190,7 +164,7 @@ impl Metrics {
         }
 
         family(
-            &mut out,
+            out,
             "multiwan_link_new_connections_total",
             "counter",
             "New connections given to the link (the nft counter new_<link>; reset when the \
@@ -198,46 +172,118 @@ impl Metrics {
         );
         for l in links {
             sample(
-                &mut out,
+                out,
                 "multiwan_link_new_connections_total",
                 &[("link", &l.name)],
                 &l.new_connections.to_string(),
             );
         }
+    }
 
+    fn render_apply(&self, out: &mut String) {
         family(
-            &mut out,
+            out,
             "multiwan_apply_seconds",
             "histogram",
             "Time to apply a plan to the kernel (rules, routes, nft batch).",
         );
         for (le, n) in APPLY_BUCKETS.iter().zip(self.apply_buckets) {
             sample(
-                &mut out,
+                out,
                 "multiwan_apply_seconds_bucket",
                 &[("le", &float(*le))],
                 &n.to_string(),
             );
         }
         sample(
-            &mut out,
+            out,
             "multiwan_apply_seconds_bucket",
             &[("le", "+Inf")],
             &self.apply_count.to_string(),
         );
         sample(
-            &mut out,
+            out,
             "multiwan_apply_seconds_sum",
             &[],
             &float(self.apply_sum),
         );
         sample(
-            &mut out,
+            out,
             "multiwan_apply_seconds_count",
             &[],
             &self.apply_count.to_string(),
         );
-        out
+    }
+}
+
+/// Link up, state, RTT and loss.
+fn link_gauges(out: &mut String, links: &[LinkStatus]) {
+    family(
+        out,
+        "multiwan_link_up",
+        "gauge",
+        "1 while the link is in service (state up), else 0.",
+    );
+    for l in links {
+        let up = u8::from(l.state == "up");
+        sample(
+            out,
+            "multiwan_link_up",
+            &[("link", &l.name)],
+            &up.to_string(),
+        );
+    }
+
+    family(
+        out,
+        "multiwan_link_state",
+        "gauge",
+        "The link's state: 1 for the state it is in, 0 for the others.",
+    );
+    for l in links {
+        for s in STATES {
+            let v = u8::from(l.state == s.as_str());
+            sample(
+                out,
+                "multiwan_link_state",
+                &[("link", &l.name), ("state", s.as_str())],
+                &v.to_string(),
+            );
+        }
+    }
+
+    family(
+        out,
+        "multiwan_link_rtt_seconds",
+        "gauge",
+        "Mean round-trip time of the answered health-check probes over the check window.",
+    );
+    for l in links {
+        if let Some(ms) = l.rtt_ms {
+            sample(
+                out,
+                "multiwan_link_rtt_seconds",
+                &[("link", &l.name)],
+                &float(ms / 1e3),
+            );
+        }
+    }
+
+    family(
+        out,
+        "multiwan_link_loss_ratio",
+        "gauge",
+        "Lost health-check probes / sent probes over the check window (0 to 1).",
+    );
+    for l in links {
+        if let Some(pct) = l.loss_pct {
+            sample(
+                out,
+                "multiwan_link_loss_ratio",
+                &[("link", &l.name)],
+                &float(pct / 100.0),
+            );
+        }
     }
 }
 
@@ -330,9 +376,11 @@ mod tests {
             late: false,
         });
         m.apply_took(Duration::from_millis(3));
+        m.repair("nft");
         let status = Status {
             links: vec![link("isp1", "down"), link("is\"p2", "up")],
             policies: vec![],
+            daemon: None,
         };
         let text = m.render(&status);
         for name in [
@@ -343,6 +391,7 @@ mod tests {
             "multiwan_link_transitions_total",
             "multiwan_probes_total",
             "multiwan_link_new_connections_total",
+            "multiwan_repairs_total",
             "multiwan_apply_seconds",
         ] {
             assert!(text.contains(&format!("# HELP {name} ")), "{name}\n{text}");
@@ -364,6 +413,8 @@ mod tests {
         assert!(text.contains("multiwan_apply_seconds_bucket{le=\"0.005\"} 1\n"));
         assert!(text.contains("multiwan_apply_seconds_bucket{le=\"+Inf\"} 1\n"));
         assert!(text.contains("multiwan_apply_seconds_count 1\n"));
+        assert!(text.contains("multiwan_repairs_total{what=\"nft\"} 1\n"));
+        assert!(text.contains("multiwan_repairs_total{what=\"apply_failed\"} 0\n"));
         m.forget("isp1");
         assert!(!m.render(&Status::default()).contains("isp1"));
     }

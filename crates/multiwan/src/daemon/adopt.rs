@@ -23,7 +23,7 @@ pub(super) async fn link_states(kernel: &Kernel, config: &Config, dir: &StateDir
     match state::adoption(saved, boot.as_deref(), holds) {
         Adoption::Adopt(states) => states,
         Adoption::Fresh(why) => {
-            eprintln!("multiwan: fresh start, every enabled link starts up: {why}");
+            tracing::info!("fresh start, every enabled link starts up: {why}");
             LinkStates::new()
         }
     }

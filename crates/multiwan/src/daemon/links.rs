@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
@@ -23,7 +23,18 @@ pub(super) struct LinkRuntime {
     /// Round numbers of the decided rounds given to the health machine, newest last
     /// (as many as its window holds), to place late outcomes in their round.
     decided: VecDeque<u64>,
+    /// When the prober last reported a round (or was started): a prober silent for
+    /// [`SILENT_ROUNDS`] intervals is restarted and the link taken down.
+    last_report: Instant,
+    /// When the prober last reported a good round.
+    last_good: Option<Instant>,
+    /// The last fall to `down` was decided by probes (or their silence), not by the
+    /// interface: other links may have failed silently at the same moment.
+    pub silent_failure: bool,
 }
+
+/// Intervals without a round after which a prober counts as stuck.
+const SILENT_ROUNDS: u32 = 3;
 
 impl Drop for LinkRuntime {
     fn drop(&mut self) {
@@ -45,21 +56,97 @@ impl LinkRuntime {
         let mark = MarkLayout::new(settings.mark_mask).link(link.id);
         let health = LinkHealth::new(&link.name, link.check.clone(), initial, now)
             .with_interface(&link.interface);
-        let (endpoint, endpoint_rx) = watch::channel(endpoint_of(link, mark, facts));
-        let prober = link.check.clone().map(|check| {
-            if let Err(e) = probe::check_supported(&check) {
-                eprintln!("multiwan: link {}: {e}", link.name);
-            }
-            probe::spawn_link_prober(link.name.clone(), check, endpoint_rx, reports)
-        });
-        LinkRuntime {
+        // Probers subscribe; `send_if_modified` updates the value even with none.
+        let (endpoint, _) = watch::channel(endpoint_of(link, mark, facts));
+        let mut rt = LinkRuntime {
             link: link.clone(),
             mark,
             health,
             endpoint,
-            prober,
+            prober: None,
             decided: VecDeque::new(),
+            last_report: now,
+            last_good: None,
+            silent_failure: false,
+        };
+        rt.spawn_prober(now, reports);
+        rt
+    }
+
+    /// Starts the prober of the link's check (none without a check).
+    fn spawn_prober(&mut self, now: Instant, reports: mpsc::Sender<RoundReport>) {
+        if let Some(p) = self.prober.take() {
+            p.abort();
         }
+        self.decided.clear();
+        self.last_report = now;
+        self.prober = self.link.check.clone().map(|c| {
+            if let Err(e) = probe::check_supported(&c) {
+                tracing::warn!("link {}: {e}", self.link.name);
+            }
+            probe::spawn_link_prober(
+                self.link.name.clone(),
+                c,
+                self.endpoint.subscribe(),
+                reports,
+            )
+        });
+    }
+
+    /// How long the prober may stay silent, for a check that reports rounds at all
+    /// (`none` and a check without targets never do), while it has an endpoint to
+    /// probe from (without one it waits, silently, by design).
+    fn silence_limit(&self) -> Option<Duration> {
+        let check = self.link.check.as_ref()?;
+        if check.probe == crate::config::Probe::None || check.probe.target_count() == 0 {
+            return None;
+        }
+        self.endpoint.borrow().as_ref()?;
+        Some(check.interval.max(check.timeout) * SILENT_ROUNDS)
+    }
+
+    /// Whether the link has shown it works after `t`: a good round since then, or, for a
+    /// link without probes, nothing to show (its interface is all there is).
+    pub fn proven_since(&self, t: Instant) -> bool {
+        self.silence_limit().is_none() || self.last_good.is_some_and(|g| g >= t)
+    }
+
+    /// When [`supervise`](Self::supervise) next has something to check.
+    pub fn supervise_deadline(&self) -> Option<Instant> {
+        let limit = self.silence_limit()?;
+        Some(self.last_report + limit)
+    }
+
+    /// Restarts a prober that ended (a panic) or gave no round for [`SILENT_ROUNDS`]
+    /// intervals (a stuck socket), and takes a silent link down: no evidence, no
+    /// service.
+    pub fn supervise(
+        &mut self,
+        now: Instant,
+        reports: mpsc::Sender<RoundReport>,
+    ) -> Option<Transition> {
+        let limit = self.silence_limit()?;
+        let ended = self.prober.as_ref().is_some_and(|p| p.is_finished());
+        let silent = now.saturating_duration_since(self.last_report) >= limit;
+        if !ended && !silent {
+            return None;
+        }
+        tracing::warn!(
+            "link {}: prober {}; restarting it",
+            self.link.name,
+            if ended {
+                "stopped".to_string()
+            } else {
+                format!("gave no round for {:.1} s", limit.as_secs_f64())
+            }
+        );
+        self.spawn_prober(now, reports);
+        if !silent {
+            return None;
+        }
+        let t = self.health.on_silence(now);
+        self.note_failure(&t, true);
+        t
     }
 
     /// Feeds the interface's current facts to the health machine.
@@ -86,7 +173,9 @@ impl LinkRuntime {
                 },
             },
         };
-        self.health.on_interface(now, status)
+        let t = self.health.on_interface(now, status);
+        self.note_failure(&t, false);
+        t
     }
 
     /// Whether the kernel may have deleted routes of this link's table by itself between
@@ -111,6 +200,10 @@ impl LinkRuntime {
 
     pub fn update_endpoint(&mut self, facts: &Facts) {
         let new = endpoint_of(&self.link, self.mark, facts);
+        if self.endpoint.borrow().is_none() && new.is_some() {
+            // Silent until now by design: the silence counts from here.
+            self.last_report = Instant::now();
+        }
         self.endpoint.send_if_modified(|cur| {
             if *cur != new {
                 *cur = new;
@@ -130,26 +223,13 @@ impl LinkRuntime {
         check: Option<crate::config::Check>,
         reports: mpsc::Sender<RoundReport>,
     ) -> Option<Transition> {
-        if let Some(p) = self.prober.take() {
-            p.abort();
-        }
-        self.decided.clear();
-        self.prober = check.clone().map(|c| {
-            if let Err(e) = probe::check_supported(&c) {
-                eprintln!("multiwan: link {}: {e}", self.link.name);
-            }
-            probe::spawn_link_prober(
-                self.link.name.clone(),
-                c,
-                self.endpoint.subscribe(),
-                reports,
-            )
-        });
         self.link.check = check.clone();
+        self.spawn_prober(now, reports);
         self.health.set_check(now, check)
     }
 
     pub fn on_round(&mut self, now: Instant, report: &RoundReport) -> Option<Transition> {
+        self.last_report = now;
         let round = to_round(report);
         if report.late {
             // Loss and RTT of a round decided earlier; nothing to decide.
@@ -159,12 +239,23 @@ impl LinkRuntime {
             }
             return None;
         }
+        if report.good {
+            self.last_good = Some(now);
+        }
         let keep = self.link.check.as_ref().map_or(0, |c| c.window as usize);
         self.decided.push_back(report.seq);
         while self.decided.len() > keep.max(1) {
             self.decided.pop_front();
         }
-        self.health.on_round(now, &round)
+        let t = self.health.on_round(now, &round);
+        self.note_failure(&t, true);
+        t
+    }
+
+    fn note_failure(&mut self, t: &Option<Transition>, silent: bool) {
+        if t.as_ref().is_some_and(|t| t.to == LinkState::Down) {
+            self.silent_failure = silent;
+        }
     }
 }
 

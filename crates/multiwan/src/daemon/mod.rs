@@ -10,15 +10,16 @@ mod adopt;
 mod links;
 pub mod notify;
 mod operate;
+mod repair;
+mod report;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
-use futures::{FutureExt, StreamExt};
-use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{broadcast, mpsc};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::api::{self, DaemonHandle, Event};
 use crate::config::{self, Config, OnExit};
@@ -26,14 +27,17 @@ use crate::control;
 use crate::control::hooks::Hooks;
 use crate::control::metrics::Metrics;
 use crate::health::Transition;
+use crate::kernel::events::{self, KernelEvent};
 use crate::kernel::{Kernel, Ownership};
-use crate::plan::{self, Desired, Facts, LinkState, LinkStates, PlanInput};
+use crate::plan::{Desired, Facts, LinkState, LinkStates};
 use crate::probe::RoundReport;
 use crate::state::StateDir;
-use crate::status::{self, LinkStatus, PolicyStatus, Status};
+use crate::status;
 use links::LinkRuntime;
+use report::{Counters, Files};
 
-/// How often the daemon reads back everything it owns and repairs drift.
+/// How often the daemon reads back everything it owns and repairs drift (kernel events
+/// catch damage at once; this catches what no event reports).
 const VERIFY_EVERY: Duration = Duration::from_secs(300);
 
 /// The running daemon.
@@ -62,6 +66,20 @@ pub struct Daemon {
     hooks: Hooks,
     /// [`Daemon::status_fingerprint`] of the last `status.json` written.
     status_written: std::sync::atomic::AtomicU64,
+    /// What the kernel-event reader counts as ours (updated after each apply).
+    scope: watch::Sender<Ownership>,
+    repair: repair::Repair,
+    /// Links whose conntrack entries are to be deleted once that helps.
+    pending_flush: BTreeMap<String, repair::PendingFlush>,
+    counters: Counters,
+    files: Files,
+}
+
+/// The signals the daemon handles.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -70,28 +88,30 @@ pub async fn run(config_path: &Path) -> Result<()> {
     crate::preflight::check_forwarding(&config)?;
     // Before anything is touched: a second daemon on the same instance stops here.
     let socket = control::server::bind(&config.settings.socket)?;
-    let (requests, mut requests_rx) = api::channel(64);
+    let (requests, requests_rx) = api::channel(64);
     // Handled from here on (a SIGHUP during start would otherwise end the process);
     // served once the loop runs.
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
+    let signals = Signals {
+        term: signal(SignalKind::terminate())?,
+        int: signal(SignalKind::interrupt())?,
+        hup: signal(SignalKind::hangup())?,
+    };
     let kernel = Kernel::new().context("opening netlink")?;
     let state_dir = StateDir::new(&config.settings.state_dir);
     let seed = state_dir.seed()?;
-    let (reports_tx, mut reports_rx) = mpsc::channel(256);
+    let (reports_tx, reports_rx) = mpsc::channel(256);
     let (events, _) = broadcast::channel(256);
 
     // Subscribe before the first read, so no change between read and loop is missed.
-    let (conn, _handle, mut netlink_events) = rtnetlink::new_multicast_connection(&[
-        rtnetlink::MulticastGroup::Link,
-        rtnetlink::MulticastGroup::Ipv4Ifaddr,
-        rtnetlink::MulticastGroup::Ipv6Ifaddr,
-        rtnetlink::MulticastGroup::Ipv4Route,
-        rtnetlink::MulticastGroup::Ipv6Route,
-    ])
-    .context("subscribing to netlink link/address/route events")?;
-    tokio::spawn(conn);
+    // Until the first apply, the scope is the priority range and the nft table.
+    let s = &config.settings;
+    let (scope, scope_rx) = watch::channel(Ownership {
+        priorities: (s.rule_priority, s.rule_priority.saturating_add(999)),
+        tables: Vec::new(),
+        nft_table: s.nft_table.clone(),
+    });
+    let kernel_events = events::subscribe(scope_rx)
+        .context("subscribing to kernel events (netlink link/address/route/rule, nftables)")?;
 
     let facts_watch = crate::kernel::facts::FactsWatch::new(&kernel)
         .await
@@ -99,6 +119,8 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let mut daemon = Daemon {
         facts: facts_watch.facts(),
         facts_watch,
+        counters: Counters::new(&config.settings.nft_table),
+        files: Files::start(state_dir.clone()),
         config,
         kernel,
         state_dir,
@@ -115,66 +137,101 @@ pub async fn run(config_path: &Path) -> Result<()> {
         metrics_server: None,
         hooks: Hooks::default(),
         status_written: Default::default(),
+        scope,
+        repair: Default::default(),
+        pending_flush: BTreeMap::new(),
     };
     daemon.start_links().await;
     daemon.reconcile("start").await?;
     daemon.persist();
+    // "running" promises a status file that says so, not the last run's (before the
+    // loop: the wait never holds up an event).
+    daemon.files.flush().await;
     daemon.initial_hooks();
     tokio::spawn(control::server::serve(socket, requests));
     daemon.start_metrics().await;
     notify::ready(&daemon.summary());
-    eprintln!("multiwan: running ({})", daemon.summary());
+    tracing::info!("running ({})", daemon.summary());
 
-    let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
-    let mut verify =
-        tokio::time::interval_at(tokio::time::Instant::now() + VERIFY_EVERY, VERIFY_EVERY);
-
-    loop {
-        let deadline = daemon.next_deadline();
-        tokio::select! {
-            Some((msg, _)) = netlink_events.next() => {
-                // A burst (an interface going down sends several messages) is read as one;
-                // route events are applied as they come, none is kept.
-                daemon.facts_watch.note(&msg);
-                while let Some(Some((msg, _))) = netlink_events.next().now_or_never() {
-                    daemon.facts_watch.note(&msg);
-                }
-                daemon.on_kernel_change().await;
-            }
-            Some(report) = reports_rx.recv() => {
-                let mut transitions = daemon.on_round(report);
-                // Drain rounds that are already there: one apply for all of them.
-                while let Ok(more) = reports_rx.try_recv() {
-                    transitions.extend(daemon.on_round(more));
-                }
-                daemon.act(transitions).await;
-            }
-            _ = sleep_until_opt(deadline) => {
-                let now = Instant::now();
-                let transitions = daemon.links.values_mut().filter_map(|l| l.health.tick(now)).collect();
-                daemon.act(transitions).await;
-            }
-            _ = tick_opt(&mut watchdog) => notify::watchdog(),
-            _ = verify.tick() => {
-                // Someone may have changed what we own (an `ip rule del`, an nft
-                // flush): read it all back and put it right.
-                daemon.verify_next = true;
-                daemon.installed = None;
-                if let Err(e) = daemon.reconcile("periodic check").await {
-                    eprintln!("multiwan: {e:#}");
-                }
-            }
-            Some(request) = requests_rx.recv() => daemon.on_request(request).await,
-            _ = sighup.recv() => {
-                let _ = daemon.reload("SIGHUP").await;
-            }
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-        }
-        daemon.persist();
-    }
+    let inputs = Inputs {
+        kernel: kernel_events,
+        reports: reports_rx,
+        requests: requests_rx,
+        signals,
+    };
+    daemon.event_loop(inputs).await;
     daemon.persist();
+    daemon.files.flush().await;
     daemon.stop().await
+}
+
+/// Everything the loop waits on.
+struct Inputs {
+    kernel: mpsc::Receiver<KernelEvent>,
+    reports: mpsc::Receiver<RoundReport>,
+    requests: mpsc::Receiver<api::Request>,
+    signals: Signals,
+}
+
+impl Daemon {
+    /// The event loop, until SIGTERM or SIGINT. Every branch returns quickly: what
+    /// could block (nft, ctnetlink dumps, file syncs, counter reads) runs elsewhere.
+    async fn event_loop(&mut self, mut inputs: Inputs) {
+        let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
+        let mut verify =
+            tokio::time::interval_at(tokio::time::Instant::now() + VERIFY_EVERY, VERIFY_EVERY);
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                Some(ev) = inputs.kernel.recv() => {
+                    // A burst (an interface going down, a firewall reload) is read as one.
+                    let mut batch = vec![ev];
+                    while let Ok(more) = inputs.kernel.try_recv() {
+                        batch.push(more);
+                    }
+                    self.on_kernel_events(batch).await;
+                }
+                Some(report) = inputs.reports.recv() => {
+                    let mut transitions = self.on_round(report);
+                    // Drain rounds that are already there: one apply for all of them.
+                    while let Ok(more) = inputs.reports.try_recv() {
+                        transitions.extend(self.on_round(more));
+                    }
+                    self.act(transitions).await;
+                    // A good round may be what a queued conntrack flush waits for.
+                    self.flush_pending();
+                }
+                _ = sleep_until_opt(deadline) => self.on_timers().await,
+                _ = tick_opt(&mut watchdog) => notify::watchdog(),
+                _ = verify.tick() => {
+                    // Someone may have changed what we own without an event we follow.
+                    self.force_verify();
+                    // A failure is logged, and retried, by `apply_failed`.
+                    let _ = self.reconcile("periodic check").await;
+                }
+                Some(request) = inputs.requests.recv() => self.on_request(request).await,
+                _ = inputs.signals.hup.recv() => {
+                    let _ = self.reload("SIGHUP").await;
+                }
+                _ = inputs.signals.term.recv() => break,
+                _ = inputs.signals.int.recv() => break,
+            }
+            self.persist();
+        }
+    }
+
+    /// Damping holds that end, silent probers, repairs and retries that are due.
+    async fn on_timers(&mut self) {
+        let now = Instant::now();
+        let reports = self.reports_tx.clone();
+        let mut transitions: Vec<Transition> = Vec::new();
+        for l in self.links.values_mut() {
+            transitions.extend(l.health.tick(now));
+            transitions.extend(l.supervise(now, reports.clone()));
+        }
+        self.run_due(now).await;
+        self.act(transitions).await;
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
@@ -233,43 +290,11 @@ impl Daemon {
         let now = Instant::now();
         if self.links.contains_key(&report.link) {
             self.metrics.round(&report);
+            tracing::debug!("link {}: {}", report.link, report.describe());
         }
         match self.links.get_mut(&report.link) {
             Some(l) => l.on_round(now, &report).into_iter().collect(),
             None => Vec::new(),
-        }
-    }
-
-    async fn on_kernel_change(&mut self) {
-        let facts = match self.facts_watch.refresh(&self.kernel).await {
-            Ok(f) => f,
-            Err(e) => {
-                eprintln!("multiwan: reading interfaces failed: {e:#}");
-                return;
-            }
-        };
-        if facts == self.facts {
-            return; // our own route changes, or nothing that matters
-        }
-        // The kernel drops the routes through an interface on its own, silently (an
-        // address removed, the interface down or re-created): read back and repair.
-        if self
-            .links
-            .values()
-            .any(|l| l.routes_may_be_gone(&self.facts, &facts))
-        {
-            self.verify_next = true;
-            self.installed = None;
-        }
-        self.facts = facts;
-        let transitions = self.observe_interfaces(Instant::now());
-        for l in self.links.values_mut() {
-            l.update_endpoint(&self.facts);
-        }
-        self.act(transitions).await;
-        // Facts alone (an address, a gateway, a main-table route) may change the plan.
-        if let Err(e) = self.reconcile("interfaces changed").await {
-            eprintln!("multiwan: {e:#}");
         }
     }
 
@@ -280,118 +305,14 @@ impl Daemon {
             .collect()
     }
 
-    /// Plans for the current states and facts, and applies the difference.
-    async fn reconcile(&mut self, why: &str) -> Result<()> {
-        let states = self.states();
-        let desired = plan::plan(&PlanInput {
-            config: &self.config,
-            states: &states,
-            facts: &self.facts,
-            seed: self.seed,
-        });
-        if self.installed.as_ref() == Some(&desired) {
-            return Ok(());
-        }
-        let started = Instant::now();
-        // A state change applies against what this process installed last (no read
-        // back: that costs more than the change); start, reload and the periodic
-        // check read the kernel back and repair any drift.
-        let result = match self.installed.as_ref().filter(|_| !self.verify_next) {
-            Some(previous) => self.kernel.apply_after(previous, &desired).await,
-            None => self.kernel.apply(&desired).await,
-        };
-        self.metrics.apply_took(started.elapsed());
-        let report = result.context("applying the new plan (the previous state stays in force)")?;
-        self.verify_next = false;
-        if report.changed {
-            eprintln!(
-                "multiwan: {why}: applied {} changes in {:.1} ms: {}",
-                report.count(),
-                started.elapsed().as_secs_f64() * 1e3,
-                report.changes.join("; ")
-            );
-        }
-        self.installed = Some(desired);
-        // Saved once the event is fully handled (after conntrack flushes): writing
-        // files and reading counters must not delay what clients wait for.
-        self.persist_pending = true;
-        Ok(())
-    }
-
-    /// Saves link states and the status file if an apply happened since the last save.
-    fn persist(&mut self) {
-        if !std::mem::take(&mut self.persist_pending) {
-            return;
-        }
-        if let Err(e) = self.state_dir.save_link_states(&self.states()) {
-            eprintln!("multiwan: saving link states: {e:#}");
-        }
-        self.write_status();
-    }
-
-    /// Applies what transitions ask for: a new plan first (new connections move at
-    /// once), then conntrack flushes of links that went down.
-    async fn act(&mut self, transitions: Vec<Transition>) {
-        if transitions.is_empty() {
-            self.refresh_status();
-            return;
-        }
-        for t in &transitions {
-            self.log_transition(t);
-        }
-        if let Err(e) = self.reconcile("link state changed").await {
-            eprintln!("multiwan: {e:#}");
-        }
-        self.after_apply(&transitions).await;
-    }
-
-    /// What transitions ask for once the plan is applied: conntrack flushes, hooks.
-    async fn after_apply(&mut self, transitions: &[Transition]) {
-        let mask = self.config.settings.mark_mask;
-        for t in transitions {
-            let Some(rt) = self.links.get(&t.link) else {
-                continue;
-            };
-            // From `disabled` too: connections kept through an operator's `down` are
-            // on a dead link once `auto` finds it down.
-            let went_down = t.to == LinkState::Down
-                && matches!(
-                    t.from,
-                    LinkState::Up | LinkState::Degraded | LinkState::Disabled
-                );
-            if went_down && rt.link.flush_on_down {
-                self.flush_connections(&t.link, rt.mark, mask).await;
-            }
-            if t.to == LinkState::Up {
-                // A better link is back: metered backups move their connections.
-                let prio = rt.link.priority;
-                let movers: Vec<(String, u32)> = self
-                    .links
-                    .values()
-                    .filter(|o| o.link.flush_on_recover && o.link.priority > prio)
-                    .map(|o| (o.link.name.clone(), o.mark))
-                    .collect();
-                for (name, mark) in movers {
-                    self.flush_connections(&name, mark, mask).await;
-                }
-            }
-        }
-        self.transition_hooks(transitions);
-    }
-
-    async fn flush_connections(&self, link: &str, mark: u32, mask: u32) {
-        match self.kernel.delete_conntrack_by_mark(mark, mask).await {
-            Ok(n) => eprintln!("multiwan: link {link}: deleted {n} conntrack entries"),
-            Err(e) => eprintln!("multiwan: link {link}: deleting conntrack entries failed: {e:#}"),
-        }
-    }
-
     fn log_transition(&mut self, t: &Transition) {
         self.metrics.transition(&t.link, t.to);
-        eprintln!(
-            "multiwan: link {}: {} -> {} ({})",
-            t.link, t.from, t.to, t.reason
-        );
+        // A link leaving service is a warning (journalctl -p warning shows failures).
+        if matches!(t.to, LinkState::Down | LinkState::Degraded) {
+            tracing::warn!("link {}: {} -> {} ({})", t.link, t.from, t.to, t.reason);
+        } else {
+            tracing::info!("link {}: {} -> {} ({})", t.link, t.from, t.to, t.reason);
+        }
         let _ = self.events.send(Event {
             time: status::rfc3339(self.wall(t.at)),
             link: t.link.clone(),
@@ -413,7 +334,9 @@ impl Daemon {
     fn next_deadline(&self) -> Option<Instant> {
         self.links
             .values()
-            .filter_map(|l| l.health.next_deadline())
+            .flat_map(|l| [l.health.next_deadline(), l.supervise_deadline()])
+            .chain([self.repair.deadline()])
+            .flatten()
             .min()
     }
 
@@ -427,137 +350,17 @@ impl Daemon {
         parts.join(", ")
     }
 
-    /// The status object of SPEC §4.
-    pub fn status(&self) -> Status {
-        let counters = self
-            .kernel
-            .read_counters_blocking(&self.config.settings.nft_table)
-            .unwrap_or_default();
-        let desired = self.installed.as_ref();
-        let links = self
-            .config
-            .links
-            .iter()
-            .map(|link| {
-                let summary = desired.and_then(|d| d.links.iter().find(|s| s.name == link.name));
-                let rt = self.links.get(&link.name);
-                let addresses = self
-                    .facts
-                    .interfaces
-                    .get(&link.interface)
-                    .map(|f| f.addresses.iter().map(|a| a.to_string()).collect())
-                    .unwrap_or_default();
-                LinkStatus {
-                    name: link.name.clone(),
-                    interface: link.interface.clone(),
-                    id: link.id,
-                    state: rt
-                        .map(|r| r.health.state())
-                        .unwrap_or(LinkState::Disabled)
-                        .to_string(),
-                    gateway: summary.and_then(|s| s.gateway.map(|g| g.to_string())),
-                    gateway6: summary.and_then(|s| s.gateway6.map(|g| g.to_string())),
-                    addresses,
-                    priority: link.priority,
-                    weight: link.weight,
-                    rtt_ms: rt.and_then(|r| r.health.rtt_ms()),
-                    loss_pct: rt.and_then(|r| r.health.loss_pct()),
-                    since: rt.map(|r| status::rfc3339(self.wall(r.health.since()))),
-                    reason: rt.map(|r| r.health.reason().to_string()),
-                    override_: rt
-                        .and_then(|r| r.health.operator_override())
-                        .map(|o| o.as_str().to_string()),
-                    damped_until: rt
-                        .and_then(|r| r.health.damped_until())
-                        .map(|d| status::rfc3339(self.wall(d))),
-                    share_pct: summary.map_or(0.0, |s| s.share_pct),
-                    new_connections: counters
-                        .get(&plan::nft_counter_name(&link.name))
-                        .copied()
-                        .unwrap_or(0),
-                    targets: rt
-                        .map(|r| {
-                            r.health
-                                .targets()
-                                .into_iter()
-                                .map(|t| status::TargetStatus {
-                                    target: t.target,
-                                    up: t.up,
-                                    rtt_ms: t.rtt_ms,
-                                    loss_pct: t.loss_pct,
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                }
-            })
-            .collect();
-        let policies = desired
-            .map(|d| {
-                d.policies
-                    .iter()
-                    .map(|(name, active)| PolicyStatus {
-                        name: name.clone(),
-                        active: active.clone(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Status { links, policies }
-    }
-
-    fn write_status(&self) {
-        let status = self.status();
-        if let Ok(json) = serde_json::to_string_pretty(&status) {
-            if let Err(e) = self.state_dir.write_atomic("status.json", json.as_bytes()) {
-                eprintln!("multiwan: writing status: {e:#}");
-            }
-        }
-        self.status_written.store(
-            self.status_fingerprint(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        notify::status(&self.summary());
-    }
-
-    /// Rewrites `status.json` when what it says about the links changed without a
-    /// transition: a damping hold that a flap pushed further out or that ended, a new
-    /// reason ("held down by flap damping"). Not for RTT and loss, which change every
-    /// round (`multiwan status` asks the daemon for those).
-    fn refresh_status(&self) {
-        let written = self
-            .status_written
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if self.status_fingerprint() != written {
-            self.write_status();
-        }
-    }
-
-    /// A hash of each link's state, reason, hold and override.
-    fn status_fingerprint(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        for (name, l) in &self.links {
-            name.hash(&mut h);
-            l.health.state().to_string().hash(&mut h);
-            l.health.reason().hash(&mut h);
-            l.health.damped_until().hash(&mut h);
-            l.health.operator_override().hash(&mut h);
-        }
-        h.finish()
-    }
-
     /// SIGTERM: keep the installed state (default) or flush it.
     async fn stop(self) -> Result<()> {
         notify::stopping();
         if self.config.settings.on_exit == OnExit::Flush {
             if let Some(d) = &self.installed {
                 let report = self.kernel.flush(&Ownership::from(d)).await?;
-                eprintln!("multiwan: stopped, flushed ({report})");
+                tracing::info!("stopped, flushed ({report})");
                 return Ok(());
             }
         }
-        eprintln!("multiwan: stopped; the installed state stays in force (on_exit = \"keep\")");
+        tracing::info!("stopped; the installed state stays in force (on_exit = \"keep\")");
         Ok(())
     }
 }

@@ -70,9 +70,8 @@ impl Daemon {
     /// Serves one request from the control socket or the metrics listener.
     pub(super) async fn on_request(&mut self, request: Request) {
         match request {
-            Request::Status(reply) => {
-                let _ = reply.send(self.status());
-            }
+            // Answered in their own task once fresh counters are read (never on the loop).
+            Request::Status(reply) => self.reply_status(reply),
             Request::Subscribe(reply) => {
                 let _ = reply.send(self.events.subscribe());
             }
@@ -88,9 +87,7 @@ impl Daemon {
                 let r = self.set_override(&link, action).await;
                 let _ = reply.send(r);
             }
-            Request::Metrics(reply) => {
-                let _ = reply.send(self.metrics.render(&self.status()));
-            }
+            Request::Metrics(reply) => self.reply_metrics(reply),
         }
     }
 
@@ -263,7 +260,7 @@ impl Daemon {
         for (link, mark, state, _) in &r.gone {
             // Removed: the mark no longer routes. Re-created: the connections were
             // set up (source address, NAT) for the old interface or mark.
-            self.flush_connections(&link.name, *mark, mask).await;
+            self.flush_connections(&link.name, *mark, mask);
             if !r.fresh.contains(&link.name) {
                 let ev = self.hook_event(link, LinkState::Disabled.as_str(), state.as_str());
                 self.queue_hook(ev);
@@ -274,7 +271,7 @@ impl Daemon {
             let ev = self.hook_event(&rt.link, rt.health.state().as_str(), "none");
             self.queue_hook(ev);
         }
-        self.after_apply(&r.transitions).await;
+        self.after_apply(&r.transitions);
         self.write_status();
     }
 

@@ -348,7 +348,8 @@ fn decide(
     match end {
         End::Reject if target == Some(&RuleTarget::Unreachable) => {
             e.verdict = Verdict::Unreachable;
-            e.why.push("answered with ICMP host unreachable".into());
+            e.why
+                .push("refused at once (a TCP reset, or ICMP unreachable)".into());
         }
         End::Drop if target == Some(&RuleTarget::Blackhole) => {
             e.verdict = Verdict::Blackhole;

@@ -183,7 +183,9 @@ impl Walk<'_, '_> {
         match v {
             Verdict::Accept => Flow::End(End::Mark(self.meta_mark)),
             Verdict::Drop => Flow::End(End::Drop),
-            Verdict::RejectHostUnreachable => Flow::End(End::Reject),
+            Verdict::RejectHostUnreachable
+            | Verdict::RejectIpv6AdminProhibited
+            | Verdict::RejectTcpReset => Flow::End(End::Reject),
             Verdict::Return => Flow::Return,
             Verdict::Jump(c) => {
                 self.trace.chains.push(c.clone());

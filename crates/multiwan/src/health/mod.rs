@@ -72,6 +72,9 @@ use window::{ms, Window};
 /// `window`, when it is smaller).
 pub const MIN_JUDGED_ROUNDS: usize = 5;
 
+/// The reason of a link whose prober gave no round for 3 intervals.
+pub const NO_PROBE_RESULTS: &str = "no probe results";
+
 /// One probe round as the prober reports it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Round {
@@ -416,6 +419,20 @@ impl LinkHealth {
         self.emit(now, self.auto_reason.clone())
     }
 
+    /// The link's prober has given no round for a while (it panicked or its socket is
+    /// stuck): with no evidence the link cannot be trusted, so it goes `down` (not a
+    /// flap: the link may be fine). The next good rounds bring it back as usual.
+    #[must_use = "a transition must be published (log, hooks, planner)"]
+    pub fn on_silence(&mut self, now: Instant) -> Option<Transition> {
+        self.catch_up(now);
+        self.check.as_ref()?;
+        self.good = 0;
+        if matches!(self.auto, LinkState::Up | LinkState::Degraded) {
+            self.go_down(now, NO_PROBE_RESULTS.to_string(), false);
+        }
+        self.emit(now, self.auto_reason.clone())
+    }
+
     /// `multiwan link X up|down|auto`.
     #[must_use = "a transition must be published (log, hooks, planner)"]
     pub fn set_override(&mut self, now: Instant, operator: Option<Override>) -> Option<Transition> {
@@ -491,7 +508,12 @@ impl LinkHealth {
     /// Per target over the window, in the order of the latest round.
     pub fn targets(&self) -> Vec<TargetHealth> {
         let down_after = self.check.as_ref().map_or(1, |c| c.down_after);
-        self.window.targets(down_after as usize)
+        let labels = self
+            .check
+            .as_ref()
+            .map(|c| crate::probe::target_labels(&c.probe))
+            .unwrap_or_default();
+        self.window.targets(&labels, down_after as usize)
     }
 
     /// While damping holds the link down: when the hold ends.

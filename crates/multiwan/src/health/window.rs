@@ -103,17 +103,30 @@ impl Window {
         (count > 0).then(|| sum / count as f64)
     }
 
-    /// Per target, in the order of the newest round (targets that are no longer probed,
-    /// after a reload, are left out). `up`: the target answered at least one of its last
-    /// `up_rounds` probes, the link's `down_after` rule applied to one target.
-    pub(crate) fn targets(&self, up_rounds: usize) -> Vec<TargetHealth> {
+    /// Per target: those of `labels` (the check's, in its order) probed in the window,
+    /// then any other of the newest round's; targets no longer probed after a reload
+    /// are left out. Not just the newest round's: a round decided early lacks the
+    /// targets still in flight, so a target that stopped answering would vanish from
+    /// the list instead of showing as down. `up`: the target answered at least one of
+    /// its last `up_rounds` probes, the link's `down_after` rule applied to one target.
+    pub(crate) fn targets(&self, labels: &[String], up_rounds: usize) -> Vec<TargetHealth> {
         let Some(newest) = self.samples.back() else {
             return Vec::new();
         };
-        newest
-            .per_target
-            .iter()
-            .map(|(target, _)| {
+        let probed = |target: &String| {
+            self.samples
+                .iter()
+                .any(|s| s.per_target.iter().any(|(t, _)| t == target))
+        };
+        let mut names: Vec<&String> = labels.iter().filter(|t| probed(t)).collect();
+        for (t, _) in &newest.per_target {
+            if !names.contains(&t) {
+                names.push(t);
+            }
+        }
+        names
+            .into_iter()
+            .map(|target| {
                 let results: Vec<Option<Duration>> = self
                     .samples
                     .iter()
@@ -173,7 +186,7 @@ mod tests {
         let w = Window::new(20);
         assert_eq!(w.loss_pct(), None);
         assert_eq!(w.rtt_ms(), None);
-        assert!(w.targets(3).is_empty());
+        assert!(w.targets(&["t0".into()], 3).is_empty());
     }
 
     #[test]
@@ -236,7 +249,8 @@ mod tests {
         w.push(&round(&[Some(20), None]));
         w.push(&round(&[Some(30), None]));
         w.push(&round(&[None, None]));
-        let t = w.targets(3);
+        let labels = ["t0", "t1", "gone"].map(String::from);
+        let t = w.targets(&labels, 3);
         assert_eq!(t.len(), 2);
         assert_eq!(t[0].target, "t0");
         assert!(t[0].up, "answered 2 of its last 3");
@@ -245,5 +259,22 @@ mod tests {
         assert!(!t[1].up, "silent for its last 3 probes");
         assert_eq!(t[1].rtt_ms, Some(40.0));
         assert_eq!(t[1].loss_pct, Some(75.0));
+    }
+
+    #[test]
+    fn a_target_still_in_flight_in_the_newest_round_is_listed() {
+        let mut w = Window::new(20);
+        w.push(&round(&[Some(10), Some(40)]));
+        // Decided early: t1's probe was still in flight, its loss comes late.
+        w.push(&round(&[Some(20)]));
+        let mut late = round(&[None]);
+        late.per_target[0].0 = "t1".into();
+        w.amend(0, &late);
+        w.push(&round(&[Some(30)]));
+        let labels = ["t0", "t1"].map(String::from);
+        let t = w.targets(&labels, 1);
+        assert_eq!(t.len(), 2, "{t:?}");
+        assert_eq!(t[1].target, "t1");
+        assert_eq!(t[1].loss_pct, Some(50.0));
     }
 }

@@ -14,6 +14,7 @@ mod apply;
 pub mod conntrack;
 pub mod diff;
 mod error;
+pub mod events;
 pub mod facts;
 pub mod main_table;
 pub mod nft;

@@ -9,6 +9,7 @@ pub mod marks;
 pub mod model;
 pub mod nft;
 mod nft_lower;
+mod refusal;
 mod routing;
 pub mod rules;
 pub mod sticky;
@@ -157,6 +158,23 @@ pub(crate) fn resolve<'a>(input: &PlanInput<'a>) -> Vec<Resolved<'a>> {
         .collect()
 }
 
+/// Whether multiwan handles IPv6 at all (SPEC §2.12): some enabled link may carry it
+/// (`gateway6` is not "none") and has it, a global IPv6 address or an IPv6 next hop
+/// (the address counts so that a next hop lost for a moment, say to a carrier loss,
+/// does not hand IPv6 back to the main table). When none has, no mark, ip rule or
+/// route of multiwan touches IPv6 traffic: the router's own IPv6 forwarding (a NAT66
+/// of its own, say) goes on as it was.
+pub(crate) fn handles_ipv6(links: &[Resolved]) -> bool {
+    links.iter().any(|r| {
+        r.link.gateway6 != Gateway::None
+            && (r.route6.is_some()
+                || r.addresses.iter().any(|a| match a.addr() {
+                    IpAddr::V6(v6) => !v6.is_unicast_link_local(),
+                    IpAddr::V4(_) => false,
+                }))
+    })
+}
+
 /// What a policy does with new connections now: the links it shares them among, with
 /// their weights, or the fallback that applies.
 pub(crate) type Selection<'r, 'a> = Result<Vec<(&'r Resolved<'a>, u32)>, Fallback>;
@@ -212,7 +230,7 @@ pub fn plan(input: &PlanInput) -> Desired {
     let links = resolve(input);
     let default_policy = config.default_policy();
     let p0 = settings.rule_priority;
-    let families: &[Family] = if sysctls::uses_ipv6(config) {
+    let families: &[Family] = if handles_ipv6(&links) {
         &[Family::V4, Family::V6]
     } else {
         &[Family::V4]

@@ -4,6 +4,8 @@
 //! the vocabulary closed is what lets the two renderers stay equivalent (a test loads
 //! both and compares what the kernel lists).
 
+use std::net::IpAddr;
+
 use ipnet::{Ipv4Net, Ipv6Net};
 
 pub mod text;
@@ -176,6 +178,19 @@ pub enum Action {
     AnonCounter,
     /// `masquerade`
     Masquerade,
+    /// `snat ip to <addr>` / `snat ip6 to <addr>`: NAT to a fixed address (an HA pair's
+    /// shared address) instead of the interface's primary one.
+    Snat {
+        version: IpVersion,
+        addr: IpAddr,
+    },
+    /// `snat ip6 prefix to <prefix>`: NPTv6, the source prefix replaced by `to` and the
+    /// interface id kept (stateful: conntrack un-NATs the replies). nftables' JSON
+    /// input takes it, but the `nftables` crate cannot express it (`type_flags`), so a
+    /// table that has one is sent as a text batch (`kernel::nft::needs_text`).
+    SnatPrefix {
+        to: Ipv6Net,
+    },
     /// `tcp option maxseg size set rt mtu`
     ClampMssToPmtu,
     /// `log prefix "..."` (group `None`: kernel log) or `log group N prefix "..."`
@@ -229,4 +244,15 @@ pub enum Verdict {
     Goto(String),
     /// `reject with icmpx type host-unreachable` (both families).
     RejectHostUnreachable,
+    /// `reject with icmpv6 type admin-prohibited`, IPv6 only (after `meta nfproto
+    /// ipv6`): Linux TCP treats ICMPv6 "no route" (0) and "address unreachable" (3,
+    /// what icmpx host-unreachable sends) as soft errors and retries the connect for
+    /// about a second; "administratively prohibited" (1) ends it at once (EACCES).
+    RejectIpv6AdminProhibited,
+    /// `reject with tcp reset`, TCP only (after `meta l4proto tcp`): ends a connect at
+    /// once with ECONNREFUSED. ICMP errors do not always: the kernel rate-limits them per
+    /// client (IPv4 `icmp_ratelimit`: 6 at once, then 1 a second), and a client that
+    /// gets one while `connect()` still holds its socket (a LAN of veths or bridges on
+    /// the same host) only notes it and waits for the SYN's retransmission (1 s).
+    RejectTcpReset,
 }

@@ -24,11 +24,11 @@ use sha2::{Digest, Sha256};
 
 use super::marks::MarkLayout;
 use super::nft::*;
-use super::{rules, selection, sticky, weights, Family, PlanInput, Resolved};
+use super::{refusal, rules, selection, sticky, weights, Family, PlanInput, Resolved};
 use crate::config::{Fallback, Policy, Sticky};
 
 pub(crate) const CHAIN_CLASSIFY: &str = "classify";
-/// `reject with icmpx type host-unreachable`, for verdict maps (which cannot reject).
+/// The refusal of [`refusal::refuse`], for verdict maps (which cannot reject).
 pub(crate) const CHAIN_UNREACHABLE: &str = "reject_unreachable";
 /// `drop`, for verdict maps (see `rules::classify_rules`).
 pub(crate) const CHAIN_BLACKHOLE: &str = "drop_blackhole";
@@ -78,6 +78,9 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
         chains.push(route_output(links, marks, output_rules));
     }
     chains.push(postrouting(links, marks));
+    if !super::handles_ipv6(links) {
+        leave_ipv6_alone(&mut chains);
+    }
     chains.push(forward(links));
     chains.push(nat_postrouting(links));
 
@@ -90,6 +93,21 @@ pub(crate) fn lower(input: &PlanInput, links: &[Resolved], marks: &MarkLayout) -
     };
     table.digest = digest(&table);
     table
+}
+
+/// No link has IPv6 (SPEC §2.12): the chains that mark connections let IPv6 pass
+/// untouched, so the router forwards it as it did without multiwan.
+fn leave_ipv6_alone(chains: &mut [NftChain]) {
+    for chain in chains.iter_mut().filter(|c| c.hook.is_some()) {
+        chain.rules.insert(
+            0,
+            NftRule::new(
+                vec![Match::Nfproto(IpVersion::V6)],
+                vec![Action::Verdict(Verdict::Return)],
+            )
+            .with_comment("no link has IPv6"),
+        );
+    }
 }
 
 /// Per link: restore and mark chains, and those of the reserved main mark (reached by
@@ -148,15 +166,18 @@ fn classify_chains(input: &PlanInput, default_policy: &Policy) -> Vec<NftChain> 
             })
         })
     };
-    for (chain, verdict) in [
-        (CHAIN_UNREACHABLE, Verdict::RejectHostUnreachable),
-        (CHAIN_BLACKHOLE, Verdict::Drop),
+    for (chain, rules) in [
+        (CHAIN_UNREACHABLE, refusal::refuse(vec![], vec![])),
+        (
+            CHAIN_BLACKHOLE,
+            vec![NftRule::new(vec![], vec![Action::Verdict(Verdict::Drop)])],
+        ),
     ] {
         if goes_to(&classify, chain) {
             chains.push(NftChain {
                 name: chain.into(),
                 hook: None,
-                rules: vec![NftRule::new(vec![], vec![Action::Verdict(verdict)])],
+                rules,
             });
         }
     }
@@ -334,18 +355,45 @@ fn forward(links: &[Resolved]) -> NftChain {
     }
 }
 
-/// `nat_postrouting`: masquerade per link and family.
+/// `nat_postrouting`: per link and family, masquerade (or SNAT to `snat_to`), and
+/// NAT66 (`masquerade6`) or NPTv6 (`npt6`: the inside prefix replaced by the outside
+/// one, interface ids kept; only the inside prefix is translated, so LAN hosts
+/// numbered from the link's own delegated prefix pass untouched).
 fn nat_postrouting(links: &[Resolved]) -> NftChain {
     let mut nat = Vec::new();
     for r in links {
         let ifname = &r.link.interface;
         if r.link.masquerade {
+            let action = match r.link.snat_to {
+                Some(addr) => Action::Snat {
+                    version: IpVersion::V4,
+                    addr: addr.into(),
+                },
+                None => Action::Masquerade,
+            };
             nat.push(NftRule::new(
                 vec![
                     Match::Oifname(ifname.clone()),
                     Match::Nfproto(IpVersion::V4),
                 ],
-                vec![Action::Masquerade],
+                vec![action],
+            ));
+        }
+        // `outside = "auto"` is refused by `check` until the delegated prefix is followed.
+        if let Some(crate::config::Npt6 {
+            inside,
+            outside: Some(outside),
+        }) = &r.link.npt6
+        {
+            nat.push(NftRule::new(
+                vec![
+                    Match::Oifname(ifname.clone()),
+                    Match::Saddr {
+                        version: IpVersion::V6,
+                        nets: vec![inside.to_string()],
+                    },
+                ],
+                vec![Action::SnatPrefix { to: *outside }],
             ));
         }
         if r.link.masquerade6 {
@@ -496,7 +544,7 @@ fn policy_rules(
     };
     let chosen = match selected {
         Ok(chosen) => chosen,
-        Err(fallback) => return vec![NftRule::new(only(vec![]), vec![fallback_action(fallback)])],
+        Err(fallback) => return fallback_rules(fallback, only(vec![])),
     };
     if chosen.len() == 1 {
         vec![NftRule::new(
@@ -550,14 +598,15 @@ fn policy_rules(
     }
 }
 
-/// What a connection gets when its policy has no link to offer.
-fn fallback_action(fallback: Fallback) -> Action {
-    match fallback {
-        Fallback::Main => Action::Verdict(Verdict::Goto(MARK_MAIN.into())),
-        Fallback::Blackhole => Action::Verdict(Verdict::Drop),
+/// What a connection `matches` selects gets when its policy has no link to offer.
+fn fallback_rules(fallback: Fallback, matches: Vec<Match>) -> Vec<NftRule> {
+    let verdict = match fallback {
+        Fallback::Main => Verdict::Goto(MARK_MAIN.into()),
+        Fallback::Blackhole => Verdict::Drop,
         // `All` ends here only when no link can be installed at all.
-        Fallback::Unreachable | Fallback::All => Action::Verdict(Verdict::RejectHostUnreachable),
-    }
+        Fallback::Unreachable | Fallback::All => return refusal::refuse(matches, vec![]),
+    };
+    vec![NftRule::new(matches, vec![Action::Verdict(verdict)])]
 }
 
 /// A short digest of the table's content, stored with it so an apply can see that what

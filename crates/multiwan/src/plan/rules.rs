@@ -87,6 +87,7 @@ pub(crate) fn policy_chains(config: &Config, links: &[Resolved], seed: u32) -> V
 fn target_verdict(config: &Config, rule: &Rule) -> Verdict {
     match &rule.target {
         RuleTarget::Main => Verdict::Goto(MARK_MAIN.into()),
+        // Stands for the whole refusal (`refusal::refuse`: a TCP reset, else ICMP).
         RuleTarget::Unreachable => Verdict::RejectHostUnreachable,
         RuleTarget::Blackhole => Verdict::Drop,
         RuleTarget::Policy(_) | RuleTarget::Link(_) => {
@@ -217,7 +218,7 @@ impl<'c> DestinationGroup<'c> {
     fn lower(self, config: &Config, log_group: Option<u16>, out: &mut Vec<NftRule>) {
         match self.rules.as_slice() {
             [] => {}
-            [rule] => out.extend(rule_as_nft(config, rule, log_group)),
+            [rule] => out.extend(rule_as_nft(config, rule, log_group, true)),
             [first, .., last] => {
                 let comment = format!(
                     "{} rules, {} to {}",
@@ -299,7 +300,7 @@ pub(crate) fn classify_rules(config: &Config, log_group: Option<u16>) -> Vec<Nft
         }
         if !destination_only(rule) {
             std::mem::take(&mut group).lower(config, log_group, &mut out);
-            out.extend(rule_as_nft(config, rule, log_group));
+            out.extend(rule_as_nft(config, rule, log_group, true));
             continue;
         }
         let verdict = match target_verdict(config, rule) {
@@ -315,11 +316,19 @@ pub(crate) fn classify_rules(config: &Config, log_group: Option<u16>) -> Vec<Nft
 
 /// One rule's nft rules (in `classify`, or in `route_output` for a cgroup rule), one
 /// per family it needs, each logging the connection first when the rule says `log`.
-fn rule_as_nft(config: &Config, rule: &Rule, log_group: Option<u16>) -> Vec<NftRule> {
+/// `unreachable` refuses a forwarded connection as [`super::refusal`] says, a
+/// router-local one with ICMP host unreachable (EHOSTUNREACH, as an unreachable route
+/// answers it: delivered over loopback, never rate-limited nor lost).
+fn rule_as_nft(
+    config: &Config,
+    rule: &Rule,
+    log_group: Option<u16>,
+    forwarded: bool,
+) -> Vec<NftRule> {
     let verdict = target_verdict(config, rule);
     rule_families(rule)
         .into_iter()
-        .map(|family| {
+        .flat_map(|family| {
             let mut actions = Vec::new();
             if rule.log {
                 actions.push(Action::Log {
@@ -327,9 +336,16 @@ fn rule_as_nft(config: &Config, rule: &Rule, log_group: Option<u16>) -> Vec<NftR
                     prefix: format!("multiwan {}: ", rule.name),
                 });
             }
-            actions.push(Action::Verdict(verdict.clone()));
-            NftRule::new(rule_matches(rule, family), actions)
-                .with_comment(format!("rule {}", rule.name))
+            let matches = rule_matches(rule, family);
+            let rules = if forwarded && verdict == Verdict::RejectHostUnreachable {
+                super::refusal::refuse(matches, actions)
+            } else {
+                actions.push(Action::Verdict(verdict.clone()));
+                vec![NftRule::new(matches, actions)]
+            };
+            rules
+                .into_iter()
+                .map(|r| r.with_comment(format!("rule {}", rule.name)))
         })
         .collect()
 }
@@ -349,7 +365,7 @@ pub(crate) fn output_rules(config: &Config) -> Vec<NftRule> {
         if rule.cgroup.is_some() && applies_locally(rule) {
             // Matched here, so logged here (validation refuses `log` where no nft rule
             // would see the connection).
-            out.extend(rule_as_nft(config, rule, log_group));
+            out.extend(rule_as_nft(config, rule, log_group, false));
         } else if local_ip_rule(rule) {
             for family in rule_families(rule) {
                 out.push(

@@ -37,6 +37,36 @@ pub enum ProbeOutcome {
     Failed(String),
 }
 
+/// `answered in 0.42 ms`, `lost`, `failed: <reason>` (probe detail in debug logs).
+impl std::fmt::Display for ProbeOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeOutcome::Answered(rtt) => {
+                write!(f, "answered in {:.2} ms", rtt.as_secs_f64() * 1e3)
+            }
+            ProbeOutcome::Lost => f.write_str("lost"),
+            ProbeOutcome::Failed(why) => write!(f, "failed: {why}"),
+        }
+    }
+}
+
+impl RoundReport {
+    /// One line of probe detail: `round 12 good: 198.18.0.1 answered in 0.42 ms, …`.
+    pub fn describe(&self) -> String {
+        let verdict = match (self.late, self.good) {
+            (true, _) => "late outcomes",
+            (false, true) => "good",
+            (false, false) => "bad",
+        };
+        let outcomes: Vec<String> = self
+            .outcomes
+            .iter()
+            .map(|(target, outcome)| format!("{target} {outcome}"))
+            .collect();
+        format!("round {} {verdict}: {}", self.seq, outcomes.join(", "))
+    }
+}
+
 impl ProbeOutcome {
     pub fn is_answered(&self) -> bool {
         matches!(self, ProbeOutcome::Answered(_))

@@ -100,9 +100,16 @@ impl Harness {
     /// Starts `multiwan run` in the router; its log goes to `<state>/daemon.log`
     /// (read with [`Harness::daemon_log`]). Returns once the first plan is applied.
     pub fn start_daemon(&self) -> netns_lab::ChildGuard {
+        self.start_daemon_env(&[])
+    }
+
+    /// [`Harness::start_daemon`] with extra environment variables (a `PATH` with a
+    /// shim directory first, say).
+    pub fn start_daemon_env(&self, env: &[(&str, &str)]) -> netns_lab::ChildGuard {
         let log_path = self.log_path();
         let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = Command::new(multiwan_bin());
+        cmd.envs(env.iter().copied());
         cmd.arg("run")
             .arg("-c")
             .arg(&self.config_path)

@@ -7,16 +7,59 @@ use anyhow::{ensure, Result};
 
 use super::{loss_set, remove_table_script, Lab, BLACKHOLE_TABLE, LOSS_TABLE};
 
+/// nft table (family `ip6`) of [`Lab::blackhole_isp6`] in an ISP.
+const BLACKHOLE6_TABLE: &str = "lab_blackhole6";
+
 impl Lab {
     /// Blackholes ISP k upstream of its gateway (`on = true`) or heals it: an nft table
     /// `ip lab_blackhole` in the ISP drops every packet it forwards from or to `cust`.
     /// The carrier stays up and the gateway itself still answers ARP and pings, as when
-    /// an ISP's network fails behind a live modem. Idempotent.
+    /// an ISP's network fails behind a live modem. Idempotent. An ISP with IPv6 drops
+    /// forwarded IPv6 too (`ip6 lab_blackhole`); its router advertisements go on.
     pub fn blackhole_isp(&self, k: usize, on: bool) -> Result<()> {
         let mut script = remove_table_script(BLACKHOLE_TABLE);
+        if self.has_ipv6(k) {
+            script.push_str(&format!(
+                "table ip6 {BLACKHOLE_TABLE} {{\n}}\ndelete table ip6 {BLACKHOLE_TABLE}\n"
+            ));
+            if on {
+                script.push_str(&format!(
+                    "table ip6 {BLACKHOLE_TABLE} {{\n\
+                     \tchain forward {{\n\
+                     \t\ttype filter hook forward priority filter - 10; policy accept;\n\
+                     \t\tiifname \"cust\" counter drop\n\
+                     \t\toifname \"cust\" counter drop\n\
+                     \t}}\n\
+                     }}\n"
+                ));
+            }
+        }
         if on {
             script.push_str(&format!(
                 "table ip {BLACKHOLE_TABLE} {{\n\
+                 \tchain forward {{\n\
+                 \t\ttype filter hook forward priority filter - 10; policy accept;\n\
+                 \t\tiifname \"cust\" counter drop\n\
+                 \t\toifname \"cust\" counter drop\n\
+                 \t}}\n\
+                 }}\n"
+            ));
+        }
+        self.isp(k).nft(&script)?;
+        Ok(())
+    }
+
+    /// Blackholes only IPv6 in ISP k (`on = true`) or heals it: an nft table `ip6
+    /// lab_blackhole6` drops every IPv6 packet the ISP forwards from or to `cust`, while
+    /// IPv4 passes (an ISP whose IPv6 core fails alone). Independent of
+    /// [`Lab::blackhole_isp`]. ISP k must have IPv6. Idempotent.
+    pub fn blackhole_isp6(&self, k: usize, on: bool) -> Result<()> {
+        ensure!(self.has_ipv6(k), "ISP {k} has no IPv6 in this lab");
+        let table = BLACKHOLE6_TABLE;
+        let mut script = format!("table ip6 {table} {{\n}}\ndelete table ip6 {table}\n");
+        if on {
+            script.push_str(&format!(
+                "table ip6 {table} {{\n\
                  \tchain forward {{\n\
                  \t\ttype filter hook forward priority filter - 10; policy accept;\n\
                  \t\tiifname \"cust\" counter drop\n\

@@ -193,9 +193,6 @@ impl<'t> Ctx<'_, 't> {
             .as_ref()
             .map(|v| self.snat_to(v, &key("snat_to"), raw.masquerade));
         let npt6 = raw.npt6.as_ref().map(|v| self.npt6(v, &key("npt6")));
-        if let (Some(v), Some(Some(_))) = (&raw.snat_to, &snat_to) {
-            self.snat_to_unsupported(v, &key("snat_to"));
-        }
         // With masquerade6 as well, the error below says to keep one of them first.
         let masquerade6 = raw.masquerade6.as_ref().is_some_and(|m| *m.get_ref());
         if let (Some(v), Some(Some(n)), false) = (&raw.npt6, &npt6, masquerade6) {

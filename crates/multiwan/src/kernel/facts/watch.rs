@@ -16,8 +16,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
-use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::route::RouteMessage;
 
 use super::super::main_table::{MainTable, RouteEvent};
 use super::super::{Kernel, Result};
@@ -64,33 +63,25 @@ impl FactsWatch {
         assemble(self.interfaces.clone(), &self.main)
     }
 
-    /// Takes one event into account: a route event is applied at once (no message is
-    /// kept, however long the burst); others mark what to re-read.
-    pub fn note(&mut self, msg: &NetlinkMessage<RouteNetlinkMessage>) {
-        match &msg.payload {
-            NetlinkPayload::Overrun(_) => {
-                tracing::info!("netlink event socket overflowed: reading the main table again");
-                self.reread = true;
-            }
-            NetlinkPayload::InnerMessage(inner) => match inner {
-                RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r) => {
-                    let added = matches!(inner, RouteNetlinkMessage::NewRoute(_));
-                    if self.main.apply(r, added) == RouteEvent::Defaults {
-                        self.defaults_dirty = true;
-                    }
-                }
-                RouteNetlinkMessage::NewLink(_)
-                | RouteNetlinkMessage::DelLink(_)
-                | RouteNetlinkMessage::NewAddress(_)
-                | RouteNetlinkMessage::DelAddress(_) => self.interfaces_dirty = true,
-                _ => {}
-            },
-            _ => {}
+    /// Takes a route event into account (`RTM_NEWROUTE` when `added`, else
+    /// `RTM_DELROUTE`): applied at once, no message is kept however long the burst.
+    pub fn note_route(&mut self, msg: &RouteMessage, added: bool) {
+        if self.main.apply(msg, added) == RouteEvent::Defaults {
+            self.defaults_dirty = true;
         }
     }
 
-    /// Asks for a whole read of the main table at the next [`FactsWatch::refresh`].
+    /// A link or address event came: interfaces and addresses are re-read at the next
+    /// [`FactsWatch::refresh`].
+    pub fn note_interfaces(&mut self) {
+        self.interfaces_dirty = true;
+    }
+
+    /// Asks for a whole read of the main table at the next [`FactsWatch::refresh`]
+    /// (events were lost: a socket overflowed).
     pub fn reread(&mut self) {
+        tracing::info!("route events were lost: reading the main table again");
+        self.interfaces_dirty = true;
         self.reread = true;
     }
 

@@ -41,7 +41,14 @@ pub fn validate(table: &NftTable) -> Result<()> {
                     }
                     _ => vec![],
                 };
-                if in_map.contains(&&Verdict::RejectHostUnreachable) {
+                if in_map.iter().any(|v| {
+                    matches!(
+                        v,
+                        Verdict::RejectHostUnreachable
+                            | Verdict::RejectIpv6AdminProhibited
+                            | Verdict::RejectTcpReset
+                    )
+                }) {
                     return Err(invalid(format!(
                         "chain `{}`: reject inside a verdict map",
                         c.name
@@ -87,8 +94,10 @@ impl NftBatch {
 /// schema objects per element (tens of MB for a main table of 100,000 routes), text ~20.
 pub const TEXT_ABOVE_ELEMENTS: usize = 2000;
 
-/// Whether `table` uses an expression the JSON path cannot carry (see [`NftBatch`]), or
-/// has so many set elements that JSON would cost too much memory.
+/// Whether `table` goes as a text batch: it uses an expression the JSON path cannot
+/// carry (see [`NftBatch`]) — cgroup matches, and NPTv6 (`snat ip6 prefix to`, whose
+/// `type_flags` the `nftables` crate cannot express) — or has so many set elements that
+/// JSON would cost too much memory.
 pub fn needs_text(table: &NftTable) -> bool {
     let elements: usize = table
         .sets
@@ -98,7 +107,7 @@ pub fn needs_text(table: &NftTable) -> bool {
             SetElements::Ipv6(v) => v.len(),
         })
         .sum();
-    elements > TEXT_ABOVE_ELEMENTS || matches_cgroups(table)
+    elements > TEXT_ABOVE_ELEMENTS || matches_cgroups(table) || snats_prefix(table)
 }
 
 /// Whether some rule of `table` matches a cgroup (`socket cgroupv2`).
@@ -108,6 +117,17 @@ pub fn matches_cgroups(table: &NftTable) -> bool {
             r.matches
                 .iter()
                 .any(|m| matches!(m, Match::SocketCgroupv2 { .. }))
+        })
+    })
+}
+
+/// Whether some rule of `table` rewrites an IPv6 prefix (NPTv6, `snat ip6 prefix to`).
+fn snats_prefix(table: &NftTable) -> bool {
+    table.chains.iter().any(|c| {
+        c.rules.iter().any(|r| {
+            r.actions
+                .iter()
+                .any(|a| matches!(a, Action::SnatPrefix { .. }))
         })
     })
 }

@@ -335,7 +335,9 @@ pub(super) fn verdict_expr(v: &Verdict) -> Expression<'static> {
         Verdict::Return => expr::Verdict::Return,
         Verdict::Jump(c) => expr::Verdict::Jump(target(c)),
         Verdict::Goto(c) => expr::Verdict::Goto(target(c)),
-        Verdict::RejectHostUnreachable => {
+        Verdict::RejectHostUnreachable
+        | Verdict::RejectIpv6AdminProhibited
+        | Verdict::RejectTcpReset => {
             expr::Verdict::Jump(target("reject-is-not-allowed-in-a-verdict-map"))
         }
     })
@@ -352,6 +354,13 @@ pub(super) fn verdict_stmt(v: &Verdict) -> Statement<'static> {
             Some(RejectType::ICMPX),
             Some(RejectCode::HostUnreach),
         ))),
+        Verdict::RejectIpv6AdminProhibited => Statement::Reject(Some(Reject::new(
+            Some(RejectType::ICMPv6),
+            Some(RejectCode::AdminProhibited),
+        ))),
+        Verdict::RejectTcpReset => {
+            Statement::Reject(Some(Reject::new(Some(RejectType::TCPReset), None)))
+        }
     }
 }
 
@@ -388,6 +397,18 @@ pub(super) fn action_stmt(a: &Action) -> Statement<'static> {
         Action::Counter(name) => Statement::Counter(Counter::Named(s(name))),
         Action::AnonCounter => Statement::Counter(Counter::Anonymous(None)),
         Action::Masquerade => Statement::Masquerade(None),
+        Action::Snat { version, addr } => Statement::SNAT(Some(stmt::NAT {
+            addr: Some(Expression::String(s(&addr.to_string()))),
+            family: Some(match version {
+                IpVersion::V4 => stmt::NATFamily::IP,
+                IpVersion::V6 => stmt::NATFamily::IP6,
+            }),
+            port: None,
+            flags: None,
+        })),
+        // The crate has no `type_flags`: such a table goes as text (`needs_text`), and
+        // a JSON rendering of it names the reason in a jump nft refuses, loudly.
+        Action::SnatPrefix { .. } => Statement::Jump(target("snat-prefix-needs-a-text-batch")),
         Action::ClampMssToPmtu => Statement::Mangle(Mangle {
             key: Expression::Named(NamedExpression::TcpOption(TcpOption {
                 name: s("maxseg"),

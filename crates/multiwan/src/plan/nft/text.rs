@@ -184,6 +184,8 @@ pub(crate) fn verdict(v: &Verdict) -> String {
         Verdict::Jump(c) => format!("jump {c}"),
         Verdict::Goto(c) => format!("goto {c}"),
         Verdict::RejectHostUnreachable => "reject with icmpx type host-unreachable".into(),
+        Verdict::RejectIpv6AdminProhibited => "reject with icmpv6 type admin-prohibited".into(),
+        Verdict::RejectTcpReset => "reject with tcp reset".into(),
     }
 }
 
@@ -199,6 +201,8 @@ fn action_text(a: &Action) -> String {
         Action::Counter(name) => format!("counter name \"{name}\""),
         Action::AnonCounter => "counter".into(),
         Action::Masquerade => "masquerade".into(),
+        Action::Snat { version, addr } => format!("snat {} to {addr}", ip_kw(*version)),
+        Action::SnatPrefix { to } => format!("snat ip6 prefix to {to}"),
         Action::ClampMssToPmtu => "tcp option maxseg size set rt mtu".into(),
         Action::Log { group, prefix } => match group {
             Some(g) => format!("log prefix \"{prefix}\" group {g}"),
