@@ -4,6 +4,7 @@
 //! assert on time). Needs root. See bench/README.md for what each number means.
 
 mod apply;
+mod bigtables;
 mod mwan;
 mod nfttime;
 mod outage;
@@ -12,6 +13,7 @@ mod policies;
 mod repair;
 mod report;
 mod rss;
+mod soak;
 mod traffic;
 mod util;
 
@@ -46,6 +48,11 @@ enum Scenario {
     Lateness,
     /// reload, lateness (issue 9).
     Repair,
+    /// 100k main-table routes changing 20k at a time (issue 14; not in `all`).
+    Bigtables,
+    /// `--soak-minutes` of flaps, reloads, overrides, firewall reloads and route churn
+    /// under LAN traffic (issue 14; not in `all`).
+    Soak,
     /// outage, nft, rss.
     Daemon,
     /// throughput, connrate, apply.
@@ -106,6 +113,12 @@ struct Args {
     /// The multiwan binary to measure (default: build target/release/multiwan first).
     #[arg(long)]
     multiwan: Option<PathBuf>,
+    /// Bursts of 20,000 route changes in `bigtables`.
+    #[arg(long, default_value_t = 10)]
+    bursts: usize,
+    /// Length of `soak`, minutes.
+    #[arg(long, default_value_t = 30)]
+    soak_minutes: u64,
     /// Also write the markdown report to this file.
     #[arg(long)]
     output: Option<PathBuf>,
@@ -173,6 +186,8 @@ fn run(args: Args) -> Result<()> {
                 policy_lab = None; // its namespaces are not needed any more
                 apply::run(&mut report, &bin)
             }
+            Scenario::Bigtables => bigtables::run(&mut report, &bin, args.bursts),
+            Scenario::Soak => soak::run(&mut report, &bin, args.soak_minutes),
             Scenario::Reload => repair::reload(&mut report, &bin, args.reload_trials),
             Scenario::Lateness => repair::lateness(&mut report, &bin, args.lateness_seconds),
             Scenario::Daemon | Scenario::Policies | Scenario::Repair | Scenario::All => {

@@ -19,7 +19,7 @@ const LINKS: usize = 8;
 const WARMUP: Duration = Duration::from_secs(3);
 
 /// (utime + stime, cutime + cstime) in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<(u64, u64)> {
+pub(crate) fn cpu_ticks(pid: u32) -> Result<(u64, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     // The command name may hold spaces; fields resume after its closing parenthesis.
@@ -36,7 +36,7 @@ fn cpu_ticks(pid: u32) -> Result<(u64, u64)> {
 }
 
 /// A `kB` field of /proc/<pid>/status.
-fn status_kb(pid: u32, key: &str) -> Result<u64> {
+pub(crate) fn status_kb(pid: u32, key: &str) -> Result<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     text.lines()
         .find(|l| l.starts_with(key))

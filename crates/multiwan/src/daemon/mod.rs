@@ -47,6 +47,8 @@ pub struct Daemon {
     state_dir: StateDir,
     seed: u32,
     facts: Facts,
+    /// The facts kept from netlink events (route events applied one by one).
+    facts_watch: crate::kernel::facts::FactsWatch,
     links: BTreeMap<String, LinkRuntime>,
     installed: Option<Desired>,
     /// The next apply reads the kernel back instead of trusting `installed`.
@@ -111,8 +113,12 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let kernel_events = events::subscribe(scope_rx)
         .context("subscribing to kernel events (netlink link/address/route/rule, nftables)")?;
 
+    let facts_watch = crate::kernel::facts::FactsWatch::new(&kernel)
+        .await
+        .context("reading interfaces")?;
     let mut daemon = Daemon {
-        facts: kernel.read_facts().await.context("reading interfaces")?,
+        facts: facts_watch.facts(),
+        facts_watch,
         counters: Counters::new(&config.settings.nft_table),
         files: Files::start(state_dir.clone()),
         config,

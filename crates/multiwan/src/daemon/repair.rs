@@ -97,7 +97,15 @@ impl Daemon {
         let mut facts = false;
         for ev in events {
             match ev {
-                KernelEvent::Facts => facts = true,
+                KernelEvent::Facts => {
+                    self.facts_watch.note_interfaces();
+                    facts = true;
+                }
+                KernelEvent::FactsRoute { deleted, msg } => {
+                    // Applied at once: a burst of main-table routes is not kept.
+                    self.facts_watch.note_route(&msg, !deleted);
+                    facts = true;
+                }
                 KernelEvent::Rule { deleted, rule } => {
                     let ours = |r: &plan::IpRule| {
                         self.installed.as_ref().is_none_or(|d| d.rules.contains(r))
@@ -131,6 +139,10 @@ impl Daemon {
                     self.repair.damaged("overflow", now);
                     // At once, not after the debounce: nothing tells what was missed.
                     self.repair.due = Some(now);
+                    if socket == "rtnetlink" {
+                        // Route events were lost: the main table is read whole.
+                        self.facts_watch.reread();
+                    }
                     facts = true;
                 }
             }
@@ -166,7 +178,7 @@ impl Daemon {
 
     /// Interfaces, addresses or main-table routes changed.
     pub(super) async fn on_kernel_change(&mut self) {
-        let facts = match self.kernel.read_facts().await {
+        let facts = match self.facts_watch.refresh(&self.kernel).await {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!("reading interfaces failed: {e:#}");

@@ -123,7 +123,10 @@ impl Kernel {
     ) -> Result<ApplyReport> {
         // Rules matching cgroups that do not exist now cannot be loaded (nft::with_live_cgroups).
         let (nft_table, nft_notes) = nft::with_live_cgroups(&desired.nft);
+        // A table with big sets leaves megabytes of freed batch text behind.
+        let big = nft::needs_text(&nft_table);
         let diff = KernelDiff::with_nft(&installed, desired, &nft_table, nft_notes);
+        drop(installed);
         for c in &diff.conflicts {
             tracing::warn!("{c}");
         }
@@ -146,6 +149,10 @@ impl Kernel {
             )),
             Ok(false) => {}
             Err(e) => tracing::warn!("{e}"),
+        }
+        drop(diff);
+        if big {
+            super::trim_heap();
         }
         report.elapsed = start.elapsed();
         Ok(report)
@@ -184,6 +191,18 @@ impl Kernel {
                 for note in notes {
                     report.push(note.clone());
                 }
+                return Ok(None);
+            }
+            Step::NftElements { name, delta } => {
+                let sent = nft::send(&nft::NftBatch::Text(delta.text.clone()), name).await;
+                if let Err(e) = sent {
+                    // The kernel's elements were not what this process believed: put
+                    // the sets right whole (still one transaction, the table stays).
+                    tracing::warn!("{e}; filling the sets whole instead");
+                    nft::send(&nft::NftBatch::Text(delta.refill()), name).await?;
+                }
+                report.nft_elements = true;
+                report.push(s.to_string());
                 return Ok(None);
             }
             Step::RuleDelete { msg, what } => {
@@ -266,7 +285,7 @@ impl Kernel {
                 routes::read_tagged(&self.handle, &families, &names).await,
                 &mut errors,
             ),
-            nft: ok(Existing::read(&own.nft_table).await, &mut errors),
+            nft: ok(Existing::read_terse(&own.nft_table).await, &mut errors),
         };
         for s in KernelDiff::flush(&installed, own).steps {
             if let Err(e) = self.run_step(&s, &mut report).await {

@@ -89,6 +89,11 @@ pub enum Step {
         /// Lines logged after the write (cgroup rules left out, see `nft::with_live_cgroups`).
         notes: Vec<String>,
     },
+    /// Change only set elements of `table inet <name>` (the rest is as wanted).
+    NftElements {
+        name: String,
+        delta: nft::elements::ElementDelta,
+    },
     /// Delete an owned rule by the message the kernel dumped.
     RuleDelete {
         msg: RuleMessage,
@@ -115,7 +120,7 @@ impl Step {
             Step::Sysctls(_) => "sysctls",
             Step::RouteAdd(_) | Step::RouteReplace { .. } => "routes",
             Step::RuleAdd(_) => "rules add",
-            Step::NftWrite { .. } | Step::NftDelete(_) => "nft",
+            Step::NftWrite { .. } | Step::NftElements { .. } | Step::NftDelete(_) => "nft",
             Step::RuleDelete { .. } => "rules delete",
             Step::RouteDelete { .. } => "routes delete",
             Step::TableNames { .. } => "table names",
@@ -133,6 +138,7 @@ impl Step {
                 | Step::RouteReplace { .. }
                 | Step::RuleAdd(_)
                 | Step::NftWrite { .. }
+                | Step::NftElements { .. }
         )
     }
 
@@ -166,6 +172,18 @@ impl fmt::Display for Step {
                 "nft table inet {name} written (digest {} -> {to})",
                 from.as_deref().unwrap_or("none")
             ),
+            Step::NftElements { name, delta } => {
+                let parts: Vec<String> = delta
+                    .counts
+                    .iter()
+                    .map(|(set, added, deleted)| format!("{set} +{added} -{deleted}"))
+                    .collect();
+                write!(
+                    f,
+                    "nft table inet {name}: set elements {}",
+                    parts.join(", ")
+                )
+            }
             Step::RuleDelete { what, .. } => write!(f, "rule delete {what}"),
             Step::RouteDelete { what, .. } => write!(f, "route delete {what}"),
             Step::NftDelete(name) => write!(f, "nft table inet {name} deleted"),
@@ -283,6 +301,17 @@ impl KernelDiff {
                 to: nft_table.digest.clone(),
                 batch: nft::to_batch(nft_table, &installed.nft),
                 notes: nft_notes,
+            });
+        } else if let Some(delta) = installed
+            .nft
+            .set_elements
+            .as_ref()
+            .and_then(|have| nft::elements::delta(nft_table, have))
+        {
+            // Only set elements differ (the digest leaves them out): change those.
+            diff.steps.push(Step::NftElements {
+                name: desired.nft.name.clone(),
+                delta,
             });
         }
 

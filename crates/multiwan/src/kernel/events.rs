@@ -29,8 +29,14 @@ use crate::plan::IpRule;
 /// What changed in the kernel.
 #[derive(Debug, Clone)]
 pub enum KernelEvent {
-    /// A link, an address, or a route outside multiwan's tables: the facts may differ.
+    /// A link or an address: the interfaces' facts may differ.
     Facts,
+    /// A route outside multiwan's tables was added or replaced, or deleted: the main
+    /// table's routes make the facts (gateways, prefixes; `FactsWatch` applies it).
+    FactsRoute {
+        deleted: bool,
+        msg: Box<RouteMessage>,
+    },
     /// A rule inside the owned priority range was added or replaced (`deleted: false`)
     /// or deleted. `rule` is `None` for a rule the model cannot express.
     Rule { deleted: bool, rule: Option<IpRule> },
@@ -147,9 +153,18 @@ async fn read_rtnetlink(
 fn classify_route(msg: RouteNetlinkMessage, own: &Ownership) -> Option<KernelEvent> {
     use RouteNetlinkMessage as M;
     match msg {
-        M::NewRoute(r) | M::DelRoute(r) if !own.tables.contains(&routes::table_of(&r)) => {
+        M::NewRoute(r) if !own.tables.contains(&routes::table_of(&r)) => {
             // The main table's routes make the facts (gateways, prefixes).
-            Some(KernelEvent::Facts)
+            Some(KernelEvent::FactsRoute {
+                deleted: false,
+                msg: Box::new(r),
+            })
+        }
+        M::DelRoute(r) if !own.tables.contains(&routes::table_of(&r)) => {
+            Some(KernelEvent::FactsRoute {
+                deleted: true,
+                msg: Box::new(r),
+            })
         }
         M::NewRoute(r) => Some(KernelEvent::Route {
             deleted: false,
@@ -358,11 +373,11 @@ mod tests {
         // The main table (and any other) makes the facts.
         assert!(matches!(
             classify_route(M::NewRoute(route(254)), &own),
-            Some(KernelEvent::Facts)
+            Some(KernelEvent::FactsRoute { deleted: false, .. })
         ));
         assert!(matches!(
             classify_route(M::DelRoute(route(220)), &own),
-            Some(KernelEvent::Facts)
+            Some(KernelEvent::FactsRoute { deleted: true, .. })
         ));
     }
 

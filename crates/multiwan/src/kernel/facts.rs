@@ -1,21 +1,23 @@
 //! What the planner needs to know about the machine: interfaces, their addresses and
-//! DHCP/RA default gateways, and the main table's more specific routes.
+//! DHCP/RA default gateways, and the main table's more specific routes. Read whole by
+//! [`read_facts`] (the CLI), or kept from netlink events by [`FactsWatch`] (the
+//! daemon).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use futures::StreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{LinkAttribute, LinkFlags};
-use netlink_packet_route::route::{RouteAttribute, RouteMessage, RouteType};
 use rtnetlink::Handle;
 
 use super::error::{KernelError, Result};
-use super::routes::{dump_table, table_of};
+use super::main_table::{is_link_local6, MainTable};
 use crate::plan::{Facts, Family, InterfaceFacts};
 
-const MAIN_TABLE: u32 = 254;
+mod watch;
+pub use watch::FactsWatch;
 
 /// Interface names by index.
 pub async fn link_names(handle: &Handle) -> Result<BTreeMap<u32, String>> {
@@ -33,18 +35,9 @@ pub async fn link_names(handle: &Handle) -> Result<BTreeMap<u32, String>> {
     Ok(out)
 }
 
-fn is_link_local6(addr: &IpAddr) -> bool {
-    matches!(addr, IpAddr::V6(a) if (a.segments()[0] & 0xffc0) == 0xfe80)
-}
-
-fn is_multicast(addr: &IpAddr) -> bool {
-    addr.is_multicast()
-}
-
-/// Reads interfaces, addresses, default gateways and the main table's prefixes (routes of
-/// `families` only).
-pub async fn read_facts(handle: &Handle, families: &[Family]) -> Result<Facts> {
-    let mut facts = Facts::default();
+/// Interfaces and their addresses (no gateways yet: see [`assemble`]).
+pub async fn read_interfaces(handle: &Handle) -> Result<BTreeMap<String, InterfaceFacts>> {
+    let mut interfaces = BTreeMap::new();
     let mut by_index: BTreeMap<u32, String> = BTreeMap::new();
 
     let mut links = handle.link().get().execute();
@@ -57,7 +50,7 @@ pub async fn read_facts(handle: &Handle, families: &[Family]) -> Result<Facts> {
             continue;
         };
         by_index.insert(msg.header.index, name.clone());
-        facts.interfaces.insert(
+        interfaces.insert(
             name,
             InterfaceFacts {
                 ifindex: msg.header.index,
@@ -75,7 +68,7 @@ pub async fn read_facts(handle: &Handle, families: &[Family]) -> Result<Facts> {
         let msg = item.map_err(|e| KernelError::netlink("listing addresses", e))?;
         let Some(iface) = by_index
             .get(&msg.header.index)
-            .and_then(|n| facts.interfaces.get_mut(n))
+            .and_then(|n| interfaces.get_mut(n))
         else {
             continue;
         };
@@ -102,105 +95,34 @@ pub async fn read_facts(handle: &Handle, families: &[Family]) -> Result<Facts> {
             }
         }
     }
-
-    // Default gateways: the lowest-metric default route per interface and family.
-    let mut gw4: BTreeMap<u32, (u32, std::net::Ipv4Addr)> = BTreeMap::new();
-    let mut gw6: BTreeMap<u32, (u32, std::net::Ipv6Addr)> = BTreeMap::new();
-    let mut prefixes = BTreeSet::new();
-    for &family in families {
-        // Only the main table crosses the socket (strict checking filters the dump).
-        for msg in dump_table(handle, family, MAIN_TABLE).await? {
-            if table_of(&msg) != MAIN_TABLE || msg.header.kind != RouteType::Unicast {
-                continue;
-            }
-            if msg.header.destination_prefix_length == 0 {
-                for (oif, gw, metric) in next_hops(&msg) {
-                    let Some(gw) = gw else { continue };
-                    match gw {
-                        IpAddr::V4(g) => {
-                            let e = gw4.entry(oif).or_insert((metric, g));
-                            if metric < e.0 {
-                                *e = (metric, g);
-                            }
-                        }
-                        IpAddr::V6(g) => {
-                            let e = gw6.entry(oif).or_insert((metric, g));
-                            if metric < e.0 {
-                                *e = (metric, g);
-                            }
-                        }
-                    }
-                }
-            } else if let Some(dst) = destination(&msg) {
-                if !is_link_local6(&dst.addr()) && !is_multicast(&dst.addr()) {
-                    prefixes.insert(dst);
-                }
-            }
-        }
-    }
-    for (oif, (_, g)) in gw4 {
-        if let Some(iface) = by_index.get(&oif).and_then(|n| facts.interfaces.get_mut(n)) {
-            iface.default_gateway4 = Some(g);
-        }
-    }
-    for (oif, (_, g)) in gw6 {
-        if let Some(iface) = by_index.get(&oif).and_then(|n| facts.interfaces.get_mut(n)) {
-            iface.default_gateway6 = Some(g);
-        }
-    }
-    facts.main_prefixes = prefixes.into_iter().collect();
-    Ok(facts)
+    Ok(interfaces)
 }
 
-fn destination(msg: &RouteMessage) -> Option<IpNet> {
-    let addr = msg.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Destination(netlink_packet_route::route::RouteAddress::Inet(a)) => {
-            Some(IpAddr::V4(*a))
-        }
-        RouteAttribute::Destination(netlink_packet_route::route::RouteAddress::Inet6(a)) => {
-            Some(IpAddr::V6(*a))
-        }
-        _ => None,
-    })?;
-    IpNet::new(addr, msg.header.destination_prefix_length)
-        .ok()
-        .map(|n| n.trunc())
+/// The facts the planner takes: `interfaces` with their default gateways from `main`,
+/// and `main`'s more specific prefixes.
+pub fn assemble(mut interfaces: BTreeMap<String, InterfaceFacts>, main: &MainTable) -> Facts {
+    let gateways = main.gateways();
+    for iface in interfaces.values_mut() {
+        let (g4, g6) = gateways.get(&iface.ifindex).copied().unwrap_or_default();
+        iface.default_gateway4 = match g4 {
+            Some(IpAddr::V4(g)) => Some(g),
+            _ => None,
+        };
+        iface.default_gateway6 = match g6 {
+            Some(IpAddr::V6(g)) => Some(g),
+            _ => None,
+        };
+    }
+    Facts {
+        interfaces,
+        main_prefixes: main.prefixes(),
+    }
 }
 
-/// (oif, gateway, metric) of each next hop of a route.
-fn next_hops(msg: &RouteMessage) -> Vec<(u32, Option<IpAddr>, u32)> {
-    use netlink_packet_route::route::RouteAddress;
-    let ip = |a: &RouteAddress| match a {
-        RouteAddress::Inet(a) => Some(IpAddr::V4(*a)),
-        RouteAddress::Inet6(a) => Some(IpAddr::V6(*a)),
-        _ => None,
-    };
-    let mut metric = 0;
-    let mut oif = None;
-    let mut gw = None;
-    let mut out = Vec::new();
-    for a in &msg.attributes {
-        match a {
-            RouteAttribute::Priority(p) => metric = *p,
-            RouteAttribute::Oif(i) => oif = Some(*i),
-            RouteAttribute::Gateway(g) => gw = ip(g),
-            RouteAttribute::MultiPath(hops) => {
-                for h in hops {
-                    let g = h.attributes.iter().find_map(|a| match a {
-                        RouteAttribute::Gateway(g) => ip(g),
-                        _ => None,
-                    });
-                    out.push((h.interface_index, g, 0));
-                }
-            }
-            _ => {}
-        }
-    }
-    if let Some(oif) = oif {
-        out.push((oif, gw, metric));
-    }
-    for h in &mut out {
-        h.2 = metric;
-    }
-    out
+/// Reads interfaces, addresses, default gateways and the main table's prefixes (routes of
+/// `families` only).
+pub async fn read_facts(handle: &Handle, families: &[Family]) -> Result<Facts> {
+    let interfaces = read_interfaces(handle).await?;
+    let main = MainTable::read(families).await?;
+    Ok(assemble(interfaces, &main))
 }

@@ -16,6 +16,7 @@ pub mod diff;
 mod error;
 pub mod events;
 pub mod facts;
+pub mod main_table;
 pub mod nft;
 pub mod routes;
 pub mod rt_protos;
@@ -78,6 +79,8 @@ pub struct ApplyReport {
     pub rules_deleted: usize,
     /// The nft table was (re)written or, for a flush, deleted.
     pub nft: bool,
+    /// Only elements of its sets were added or deleted (the table was not rewritten).
+    pub nft_elements: bool,
     /// The rt_tables.d file was written or removed.
     pub table_names: bool,
     /// One line per change, in the order made (`route replace …`, `sysctl …: 0 -> 1`).
@@ -189,9 +192,13 @@ impl Kernel {
 
     /// Interfaces, addresses, default gateways and main-table prefixes.
     pub async fn read_facts(&self) -> Result<Facts> {
-        // Without IPv6 in the kernel there is no IPv6 table to dump.
-        let families = sysctl::Ipv6::of(&self.sysctl_root).present();
-        facts::read_facts(&self.handle, &families).await
+        facts::read_facts(&self.handle, &self.present_families()).await
+    }
+
+    /// The families whose tables exist here (without IPv6 in the kernel there is no
+    /// IPv6 table to dump).
+    pub fn present_families(&self) -> Vec<Family> {
+        sysctl::Ipv6::of(&self.sysctl_root).present()
     }
 
     /// What multiwan may own now: every rule in its priority range and every tagged
@@ -237,6 +244,17 @@ impl Kernel {
     /// started from this runtime, so they share the caller's network namespace).
     pub async fn delete_conntrack_by_mark(&self, mark: u32, mask: u32) -> Result<usize> {
         blocking(move || conntrack::delete_by_mark(mark, mask)).await
+    }
+}
+
+/// Gives freed heap back to the system. glibc keeps freed memory for reuse, so after an
+/// apply with 100,000 set elements (megabytes of batch text and listings, freed) the
+/// daemon's RSS would stay that much above what it uses.
+pub(crate) fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator; no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -610,11 +610,24 @@ fn fallback_rules(fallback: Fallback, matches: Vec<Match>) -> Vec<NftRule> {
 }
 
 /// A short digest of the table's content, stored with it so an apply can see that what
-/// is installed is already what it wants.
+/// is installed is already what it wants. Set elements are left out (only the sets'
+/// names and types count): they follow the main table, and a change of them is sent
+/// element by element (`kernel::nft::elements`), never as a rewrite of the table.
 fn digest(table: &NftTable) -> String {
+    let sets: Vec<(&str, &str)> = table
+        .sets
+        .iter()
+        .map(|x| {
+            let ty = match x.elements {
+                SetElements::Ipv4(_) => "ipv4_addr",
+                SetElements::Ipv6(_) => "ipv6_addr",
+            };
+            (x.name.as_str(), ty)
+        })
+        .collect();
     let text = format!(
         "{}|{:?}|{:?}|{:?}",
-        table.name, table.counters, table.sets, table.chains
+        table.name, table.counters, sets, table.chains
     );
     let hash = Sha256::digest(text.as_bytes());
     hash.iter().take(8).map(|b| format!("{b:02x}")).collect()

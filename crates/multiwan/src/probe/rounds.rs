@@ -304,6 +304,14 @@ impl Scheduler {
                     }
                     let due = self.next_start(&session);
                     if now >= due {
+                        // How late the round starts against its schedule: a busy event
+                        // loop shows here first (the bench reads it; debug level).
+                        tracing::debug!(
+                            target: "multiwan::probe::lateness",
+                            "probe round of {} started {} us late",
+                            self.link,
+                            (now - due).as_micros()
+                        );
                         self.start_round(&mut session, now);
                         // Catch up on timer lateness, but never with a burst of rounds
                         // after a long stall.

@@ -90,18 +90,44 @@ impl NftBatch {
     }
 }
 
-/// Whether `table` uses an expression the JSON path cannot carry (see [`NftBatch`]):
-/// cgroup matches, and NPTv6 (`snat ip6 prefix to`, whose `type_flags` the `nftables`
-/// crate cannot express).
+/// Set elements above which a table goes as text: JSON costs the daemon ~150 bytes of
+/// schema objects per element (tens of MB for a main table of 100,000 routes), text ~20.
+pub const TEXT_ABOVE_ELEMENTS: usize = 2000;
+
+/// Whether `table` goes as a text batch: it uses an expression the JSON path cannot
+/// carry (see [`NftBatch`]) — cgroup matches, and NPTv6 (`snat ip6 prefix to`, whose
+/// `type_flags` the `nftables` crate cannot express) — or has so many set elements that
+/// JSON would cost too much memory.
 pub fn needs_text(table: &NftTable) -> bool {
+    let elements: usize = table
+        .sets
+        .iter()
+        .map(|x| match &x.elements {
+            SetElements::Ipv4(v) => v.len(),
+            SetElements::Ipv6(v) => v.len(),
+        })
+        .sum();
+    elements > TEXT_ABOVE_ELEMENTS || matches_cgroups(table) || snats_prefix(table)
+}
+
+/// Whether some rule of `table` matches a cgroup (`socket cgroupv2`).
+pub fn matches_cgroups(table: &NftTable) -> bool {
     table.chains.iter().any(|c| {
         c.rules.iter().any(|r| {
             r.matches
                 .iter()
                 .any(|m| matches!(m, Match::SocketCgroupv2 { .. }))
-                || r.actions
-                    .iter()
-                    .any(|a| matches!(a, Action::SnatPrefix { .. }))
+        })
+    })
+}
+
+/// Whether some rule of `table` rewrites an IPv6 prefix (NPTv6, `snat ip6 prefix to`).
+fn snats_prefix(table: &NftTable) -> bool {
+    table.chains.iter().any(|c| {
+        c.rules.iter().any(|r| {
+            r.actions
+                .iter()
+                .any(|a| matches!(a, Action::SnatPrefix { .. }))
         })
     })
 }
@@ -215,14 +241,32 @@ pub fn to_text_batch(table: &NftTable, existing: &Existing) -> String {
         let _ = writeln!(out, "add counter {t} {c}");
     }
     for x in &table.sets {
-        let (ty, elems) = nft_text::set_parts(&x.elements);
+        let ty = match &x.elements {
+            SetElements::Ipv4(_) => "ipv4_addr",
+            SetElements::Ipv6(_) => "ipv6_addr",
+        };
         let _ = writeln!(
             out,
             "add set {t} {} {{ type {ty}; flags interval; }}",
             x.name
         );
-        if !elems.is_empty() {
-            let _ = writeln!(out, "add element {t} {} {{ {} }}", x.name, elems.join(", "));
+        // Written straight into the batch: no string per element (a set may hold
+        // 100,000 of them).
+        let mut first = true;
+        let mut element = |out: &mut String, e: &dyn std::fmt::Display| {
+            let _ = if first {
+                write!(out, "add element {t} {} {{ {e}", x.name)
+            } else {
+                write!(out, ", {e}")
+            };
+            first = false;
+        };
+        match &x.elements {
+            SetElements::Ipv4(v) => v.iter().for_each(|e| element(&mut out, e)),
+            SetElements::Ipv6(v) => v.iter().for_each(|e| element(&mut out, e)),
+        }
+        if !first {
+            out.push_str(" }\n");
         }
     }
     for c in &table.chains {

@@ -39,7 +39,7 @@ fn cgroup2_id(path: &str) -> Option<u64> {
 /// that appears, or comes back with a new id (a restarted service), makes the next
 /// apply rewrite the table. Tables without cgroup matches are returned as they are.
 pub fn with_live_cgroups(table: &NftTable) -> (Cow<'_, NftTable>, Vec<String>) {
-    if !needs_text(table) {
+    if !matches_cgroups(table) {
         return (Cow::Borrowed(table), Vec::new());
     }
     let mut live = table.clone();

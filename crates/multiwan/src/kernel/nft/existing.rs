@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::lower::*;
 use crate::kernel::error::{KernelError, Result};
-use crate::plan::nft::{BaseChain, ChainKind, Hook, NftTable};
+use crate::plan::nft::{BaseChain, ChainKind, Hook, NftTable, SetElements};
 
 /// The regular chain whose only rule carries the digest as its comment.
 pub const PLAN_CHAIN: &str = "plan";
@@ -28,6 +28,9 @@ pub struct Existing {
     pub maps: BTreeSet<String>,
     /// Named counters with their packet count.
     pub counters: BTreeMap<String, u64>,
+    /// Elements of the sets, canonical ([`super::elements::canonical`]); `None` when not
+    /// known (a JSON listing is terse: elements are read apart, as text).
+    pub set_elements: Option<BTreeMap<String, SetElements>>,
 }
 
 /// The whole ruleset of this network namespace as nft's JSON (for `check`, which looks
@@ -41,7 +44,7 @@ pub fn list_ruleset_json() -> Result<String> {
 /// Packets per named counter of `table inet <name>`, blocking while `nft` runs (see
 /// `Kernel::read_counters_blocking`; the async one is `run::read_counters`).
 pub fn read_counters_blocking(name: &str) -> Result<BTreeMap<String, u64>> {
-    match helper::get_current_ruleset_raw(DEFAULT_NFT, ["list", "table", "inet", name]) {
+    match helper::get_current_ruleset_raw(DEFAULT_NFT, ["-t", "list", "table", "inet", name]) {
         Ok(json) => Ok(Existing::parse(name, &json)?.counters),
         Err(NftablesError::NftFailed { stderr, .. })
             if stderr.contains("No such file or directory") =>
@@ -73,12 +76,34 @@ impl Existing {
                 .collect(),
             maps: BTreeSet::new(),
             counters: table.counters.iter().map(|c| (c.clone(), 0)).collect(),
+            set_elements: Some(
+                table
+                    .sets
+                    .iter()
+                    .map(|x| (x.name.clone(), super::elements::canonical(&x.elements)))
+                    .collect(),
+            ),
         }
     }
 
-    /// Reads what is installed as `table inet <name>` (an empty `Existing` if absent).
+    /// Reads what is installed as `table inet <name>` (an empty `Existing` if absent),
+    /// set elements included.
     pub async fn read(name: &str) -> Result<Existing> {
-        match super::run::nft(&["-j", "list", "table", "inet", name], None).await {
+        let mut ex = Existing::read_terse(name).await?;
+        let mut elements = BTreeMap::new();
+        for (set, (ty, _)) in &ex.sets {
+            let e = super::elements::read_set(name, set, ty == "ipv6_addr").await?;
+            elements.insert(set.clone(), e);
+        }
+        ex.set_elements = Some(elements);
+        Ok(ex)
+    }
+
+    /// [`Existing::read`] without set elements (`set_elements` is `None`): what counters
+    /// and adoption need.
+    pub async fn read_terse(name: &str) -> Result<Existing> {
+        // -t: no set elements in the JSON (100,000 of them would cost tens of MB).
+        match super::run::nft(&["-j", "-t", "list", "table", "inet", name], None).await {
             Ok(json) => Existing::parse(name, &json),
             Err(NftablesError::NftFailed { stderr, .. })
                 if stderr.contains("No such file or directory") =>

@@ -3,7 +3,9 @@
 //!
 //! The installed table carries the digest of the IR it was made from (a rule comment in
 //! the regular chain `plan`), so an apply whose IR did not change reads one listing and
-//! touches nothing. When it did change, the batch flushes the table and rewrites it:
+//! touches nothing. The digest leaves set elements out: when only they changed,
+//! [`elements`] sends the added and deleted ones. When the rest changed, the batch
+//! flushes the table and rewrites it:
 //! named counters are never deleted unless their link left the config, so they keep
 //! counting across applies (`flush table` leaves counters alone; checked on the kernel).
 //!
@@ -14,13 +16,16 @@
 
 mod batch;
 mod cgroups;
+pub mod elements;
 mod existing;
 mod lower;
 mod run;
 #[cfg(test)]
 mod tests;
 
-pub use batch::{needs_text, to_batch, to_json_batch, to_text_batch, validate, NftBatch};
+pub use batch::{
+    matches_cgroups, needs_text, to_batch, to_json_batch, to_text_batch, validate, NftBatch,
+};
 pub use cgroups::with_live_cgroups;
 pub use existing::{list_ruleset_json, read_counters_blocking, Existing, PLAN_CHAIN};
 pub use run::{check, delete_table, read_counters, send};

@@ -19,7 +19,7 @@ use crate::kernel::error::{KernelError, Result};
 /// `nft <args>`, with `stdin` fed to it when given; returns what it printed.
 pub(super) async fn nft(
     args: &[&str],
-    stdin: Option<String>,
+    stdin: Option<&str>,
 ) -> std::result::Result<String, NftablesError> {
     let nft = DEFAULT_NFT.unwrap_or("nft");
     let program = OsString::from(nft);
@@ -61,12 +61,14 @@ pub(super) async fn nft(
 
 /// `nft [-j] <args> -f -` with the batch on stdin.
 async fn feed(batch: &NftBatch, args: &[&str]) -> std::result::Result<(), NftablesError> {
+    // A text batch is fed as it is (no copy: it may hold 100,000 set elements).
+    let json_text;
     let (text, json) = match batch {
-        NftBatch::Json(j) => (
-            serde_json::to_string(j).map_err(NftablesError::NftInvalidJson)?,
-            true,
-        ),
-        NftBatch::Text(t) => (t.clone(), false),
+        NftBatch::Json(j) => {
+            json_text = serde_json::to_string(j).map_err(NftablesError::NftInvalidJson)?;
+            (json_text.as_str(), true)
+        }
+        NftBatch::Text(t) => (t.as_str(), false),
     };
     let mut all: Vec<&str> = Vec::new();
     if json {
@@ -95,7 +97,7 @@ pub async fn send(batch: &NftBatch, table: &str) -> Result<()> {
 
 /// Removes `table inet <name>` if it exists; returns whether it did.
 pub async fn delete_table(name: &str) -> Result<bool> {
-    if !Existing::read(name).await?.table {
+    if !Existing::read_terse(name).await?.table {
         return Ok(false);
     }
     let mut b = Batch::new();
@@ -110,5 +112,5 @@ pub async fn delete_table(name: &str) -> Result<bool> {
 
 /// Packets per named counter of `table inet <name>` (empty if the table is absent).
 pub async fn read_counters(name: &str) -> Result<BTreeMap<String, u64>> {
-    Ok(Existing::read(name).await?.counters)
+    Ok(Existing::read_terse(name).await?.counters)
 }

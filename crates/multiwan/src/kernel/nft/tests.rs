@@ -90,6 +90,7 @@ fn existing_objects_are_kept_stale_ones_deleted() {
     let ex = Existing {
         table: true,
         digest: Some("old".into()),
+        set_elements: None,
         chains: BTreeMap::from([
             ("mark_isp1".into(), None),
             ("mark_isp9".into(), None),
@@ -140,6 +141,7 @@ fn text_batch_mirrors_the_json_batch() {
     let ex = Existing {
         table: true,
         digest: Some("old".into()),
+        set_elements: None,
         chains: BTreeMap::from([("mark_isp9".into(), None), ("plan".into(), None)]),
         sets: BTreeMap::from([("old6".into(), ("ipv6_addr".into(), true))]),
         maps: BTreeSet::from(["oldmap".to_string()]),
