@@ -259,8 +259,11 @@ impl Daemon {
         let mask = self.config.settings.mark_mask;
         for (link, mark, state, _) in &r.gone {
             // Removed: the mark no longer routes. Re-created: the connections were
-            // set up (source address, NAT) for the old interface or mark.
-            self.flush_connections(&link.name, *mark, mask);
+            // set up (source address, NAT) for the old interface or mark. The reload
+            // answers once they are gone, so what it reports has happened.
+            if let Err(e) = self.flush_connections(&link.name, *mark, mask).await {
+                tracing::warn!("link {}: deleting conntrack entries: {e}", link.name);
+            }
             if !r.fresh.contains(&link.name) {
                 let ev = self.hook_event(link, LinkState::Disabled.as_str(), state.as_str());
                 self.queue_hook(ev);

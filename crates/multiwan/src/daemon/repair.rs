@@ -427,14 +427,21 @@ impl Daemon {
             });
             if somewhere {
                 self.pending_flush.remove(&name);
-                self.flush_connections(&name, p.mark, mask);
+                // Not awaited: the loop goes on while the entries go.
+                drop(self.flush_connections(&name, p.mark, mask));
             }
         }
     }
 
     /// Deletes a link's conntrack entries off the loop (a dump and deletes over
-    /// ctnetlink can take a while with many connections).
-    pub(super) fn flush_connections(&self, link: &str, mark: u32, mask: u32) {
+    /// ctnetlink can take a while with many connections). The handle lets a caller
+    /// that must answer only once they are gone (a reload) wait for it.
+    pub(super) fn flush_connections(
+        &self,
+        link: &str,
+        mark: u32,
+        mask: u32,
+    ) -> tokio::task::JoinHandle<()> {
         let link = link.to_string();
         tokio::task::spawn_blocking(move || {
             match crate::kernel::conntrack::delete_by_mark(mark, mask) {
@@ -443,7 +450,7 @@ impl Daemon {
                     tracing::warn!("link {link}: deleting conntrack entries failed: {e:#}")
                 }
             }
-        });
+        })
     }
 }
 
