@@ -104,6 +104,20 @@ impl StateDir {
         Ok(())
     }
 
+    /// Removes what a write interrupted by a crash (`kill -9` between create and
+    /// rename) left: `.<name>.tmp` files. Called once at daemon start, before any write.
+    pub fn remove_leftovers(&self) {
+        let Ok(entries) = fs::read_dir(&self.path) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+
     pub fn read(&self, name: &str) -> Option<String> {
         fs::read_to_string(self.path.join(name)).ok()
     }

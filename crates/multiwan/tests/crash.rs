@@ -171,14 +171,20 @@ fn kill(daemon: ChildGuard) {
 }
 
 /// The state directory holds only the daemon's own files (no half-written leftovers).
+/// A write in progress (`.status.json.tmp` between create and rename) is given a
+/// moment to finish; a leftover stays and fails the test.
 fn assert_state_files(h: &Harness) {
-    let names: BTreeSet<String> = std::fs::read_dir(h.state_dir())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let names = || -> BTreeSet<String> {
+        std::fs::read_dir(h.state_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
     let allowed: BTreeSet<String> = ["seed", "links.json", "status.json"]
         .map(String::from)
         .into();
+    common::poll(Duration::from_secs(2), || names().is_subset(&allowed));
+    let names = names();
     assert!(names.is_subset(&allowed), "state directory: {names:?}");
 }
 

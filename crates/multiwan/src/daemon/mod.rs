@@ -98,6 +98,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     };
     let kernel = Kernel::new().context("opening netlink")?;
     let state_dir = StateDir::new(&config.settings.state_dir);
+    state_dir.remove_leftovers();
     let seed = state_dir.seed()?;
     let (reports_tx, reports_rx) = mpsc::channel(256);
     let (events, _) = broadcast::channel(256);
