@@ -680,7 +680,13 @@ impl Lab {
 
 /// nft lines that delete `table ip <name>` whether or not it exists.
 fn remove_table_script(name: &str) -> String {
-    format!("table ip {name} {{\n}}\ndelete table ip {name}\n")
+    remove_family_table("ip", name)
+}
+
+/// Deletes table `<family> <name>` if it exists (declaring it first makes the delete
+/// idempotent).
+fn remove_family_table(family: &str, name: &str) -> String {
+    format!("table {family} {name} {{\n}}\ndelete table {family} {name}\n")
 }
 
 /// The `percent` values of 0..100 spread evenly: value i is in the set when

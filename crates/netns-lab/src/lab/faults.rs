@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::{ensure, Result};
 
-use super::{loss_set, remove_table_script, Lab, BLACKHOLE_TABLE, LOSS_TABLE};
+use super::{loss_set, remove_family_table, remove_table_script, Lab, BLACKHOLE_TABLE, LOSS_TABLE};
 
 /// nft table (family `ip6`) of [`Lab::blackhole_isp6`] in an ISP.
 const BLACKHOLE6_TABLE: &str = "lab_blackhole6";
@@ -19,31 +19,13 @@ impl Lab {
     pub fn blackhole_isp(&self, k: usize, on: bool) -> Result<()> {
         let mut script = remove_table_script(BLACKHOLE_TABLE);
         if self.has_ipv6(k) {
-            script.push_str(&format!(
-                "table ip6 {BLACKHOLE_TABLE} {{\n}}\ndelete table ip6 {BLACKHOLE_TABLE}\n"
-            ));
+            script.push_str(&remove_family_table("ip6", BLACKHOLE_TABLE));
             if on {
-                script.push_str(&format!(
-                    "table ip6 {BLACKHOLE_TABLE} {{\n\
-                     \tchain forward {{\n\
-                     \t\ttype filter hook forward priority filter - 10; policy accept;\n\
-                     \t\tiifname \"cust\" counter drop\n\
-                     \t\toifname \"cust\" counter drop\n\
-                     \t}}\n\
-                     }}\n"
-                ));
+                script.push_str(&drop_customer_table("ip6", BLACKHOLE_TABLE));
             }
         }
         if on {
-            script.push_str(&format!(
-                "table ip {BLACKHOLE_TABLE} {{\n\
-                 \tchain forward {{\n\
-                 \t\ttype filter hook forward priority filter - 10; policy accept;\n\
-                 \t\tiifname \"cust\" counter drop\n\
-                 \t\toifname \"cust\" counter drop\n\
-                 \t}}\n\
-                 }}\n"
-            ));
+            script.push_str(&drop_customer_table("ip", BLACKHOLE_TABLE));
         }
         self.isp(k).nft(&script)?;
         Ok(())
@@ -55,18 +37,9 @@ impl Lab {
     /// [`Lab::blackhole_isp`]. ISP k must have IPv6. Idempotent.
     pub fn blackhole_isp6(&self, k: usize, on: bool) -> Result<()> {
         ensure!(self.has_ipv6(k), "ISP {k} has no IPv6 in this lab");
-        let table = BLACKHOLE6_TABLE;
-        let mut script = format!("table ip6 {table} {{\n}}\ndelete table ip6 {table}\n");
+        let mut script = remove_family_table("ip6", BLACKHOLE6_TABLE);
         if on {
-            script.push_str(&format!(
-                "table ip6 {table} {{\n\
-                 \tchain forward {{\n\
-                 \t\ttype filter hook forward priority filter - 10; policy accept;\n\
-                 \t\tiifname \"cust\" counter drop\n\
-                 \t\toifname \"cust\" counter drop\n\
-                 \t}}\n\
-                 }}\n"
-            ));
+            script.push_str(&drop_customer_table("ip6", BLACKHOLE6_TABLE));
         }
         self.isp(k).nft(&script)?;
         Ok(())
@@ -183,4 +156,18 @@ impl Lab {
         }
         Ok(())
     }
+}
+
+/// Table `<family> <name>`, dropping every packet an ISP forwards from or to its
+/// customer line (`cust`), ahead of the ISP's own forwarding rules.
+fn drop_customer_table(family: &str, name: &str) -> String {
+    format!(
+        "table {family} {name} {{\n\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority filter - 10; policy accept;\n\
+         \t\tiifname \"cust\" counter drop\n\
+         \t\toifname \"cust\" counter drop\n\
+         \t}}\n\
+         }}\n"
+    )
 }
