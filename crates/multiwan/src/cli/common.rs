@@ -2,7 +2,8 @@
 //! never import each other.
 
 use crate::config::Config;
-use crate::plan::{Facts, LinkState, LinkStates};
+use crate::plan::{self, Desired, Facts, LinkState, LinkStates, PlanInput};
+use crate::state::StateDir;
 
 /// `apply` and `plan` take a link without carrier as down: installing it in service
 /// would send connections into a dead wire.
@@ -19,4 +20,18 @@ pub(super) fn with_carrier_states(
         }
     }
     states
+}
+
+/// The plan for these states and facts, changing nothing, not even the state directory:
+/// a missing sticky seed plans as 0 (`plan` and `explain`).
+pub(super) fn plan_without_changes(config: &Config, states: &LinkStates, facts: &Facts) -> Desired {
+    let seed = StateDir::new(&config.settings.state_dir)
+        .existing_seed()
+        .unwrap_or(0);
+    plan::plan(&PlanInput {
+        config,
+        states,
+        facts,
+        seed,
+    })
 }

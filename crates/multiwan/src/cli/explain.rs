@@ -13,8 +13,8 @@ use crate::config::{self, Config, Protocol};
 use crate::control;
 use crate::control::client::{self, ClientError};
 use crate::explain::{self, Inputs, Query};
-use crate::plan::{self, Facts, LinkStates, PlanInput};
-use crate::state::{parse_state, StateDir};
+use crate::plan::{Facts, LinkStates};
+use crate::state::parse_state;
 
 /// The command line, as typed (checked here so each mistake is one clear line).
 #[derive(Debug, Clone, clap::Args)]
@@ -54,15 +54,7 @@ pub fn run(config_path: &Path, args: &ExplainArgs) -> CliResult {
     } else {
         super::common::with_carrier_states(states, &config, &facts)
     };
-    let seed = StateDir::new(&config.settings.state_dir)
-        .existing_seed()
-        .unwrap_or(0);
-    let desired = plan::plan(&PlanInput {
-        config: &config,
-        states: &states,
-        facts: &facts,
-        seed,
-    });
+    let desired = super::common::plan_without_changes(&config, &states, &facts);
     let answer = explain::explain(
         &Inputs {
             config: &config,

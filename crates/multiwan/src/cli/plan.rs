@@ -5,9 +5,8 @@ use std::path::Path;
 use super::common::with_carrier_states;
 use super::{CliResult, Failure};
 use crate::config;
-use crate::plan::{self, LinkState, LinkStates, PlanInput};
+use crate::plan::{LinkState, LinkStates};
 use crate::render;
-use crate::state::StateDir;
 
 pub fn run(config_path: &Path, down: &[String]) -> CliResult {
     let config = config::load(config_path)?;
@@ -22,16 +21,7 @@ pub fn run(config_path: &Path, down: &[String]) -> CliResult {
     let facts = super::read_facts_or_empty();
     let states: LinkStates = down.iter().map(|n| (n.clone(), LinkState::Down)).collect();
     let states = with_carrier_states(states, &config, &facts);
-    // `plan` changes nothing, not even the state directory: a missing seed plans as 0.
-    let seed = StateDir::new(&config.settings.state_dir)
-        .existing_seed()
-        .unwrap_or(0);
-    let desired = plan::plan(&PlanInput {
-        config: &config,
-        states: &states,
-        facts: &facts,
-        seed,
-    });
+    let desired = super::common::plan_without_changes(&config, &states, &facts);
     print!("{}", render::plan_script(&config, &desired));
     Ok(0)
 }

@@ -36,25 +36,13 @@ fn io(what: &'static str, path: PathBuf, source: std::io::Error) -> KernelError 
 
 /// Writes the file if it is missing or different; returns whether it did.
 pub fn write(dir: &Path) -> Result<bool> {
-    let path = path(dir);
-    let content = render();
-    match std::fs::read_to_string(&path) {
-        Ok(old) if old == content => return Ok(false),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io("reading", path, e)),
-    }
-    std::fs::create_dir_all(dir).map_err(|e| io("creating directory", dir.to_path_buf(), e))?;
-    // Several instances (or tests) may write at once: each beside it under its own
-    // name, then an atomic rename, so iproute2 never reads half a file.
+    // Several instances (or tests) may write at once: each beside it under its own name.
     let tmp = dir.join(format!(
         ".multiwan.conf.{}.{:?}.tmp",
         std::process::id(),
         std::thread::current().id()
     ));
-    std::fs::write(&tmp, content).map_err(|e| io("writing", tmp.clone(), e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| io("renaming into", path.clone(), e))?;
-    Ok(true)
+    super::rt_tables::replace_if_different(&path(dir), &tmp, &render(), io)
 }
 
 #[cfg(test)]

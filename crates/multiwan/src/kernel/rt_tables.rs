@@ -40,19 +40,30 @@ pub fn write(dir: &Path, nft_table: &str, names: &[(u32, String)]) -> Result<boo
     if names.is_empty() {
         return remove(dir, nft_table);
     }
-    let path = path(dir, nft_table);
-    let content = render(names);
-    match std::fs::read_to_string(&path) {
+    let tmp = dir.join(format!(".{nft_table}.conf.tmp"));
+    replace_if_different(&path(dir, nft_table), &tmp, &render(names), io)
+}
+
+/// Writes `content` to `path` unless it holds exactly that already; returns whether it
+/// wrote. Written to `tmp` beside it, then renamed, so iproute2 never reads half a
+/// file. Shared by the rt_tables.d and rt_protos.d files; `io` gives each its hint.
+pub(super) fn replace_if_different(
+    path: &Path,
+    tmp: &Path,
+    content: &str,
+    io: fn(&'static str, PathBuf, std::io::Error) -> KernelError,
+) -> Result<bool> {
+    match std::fs::read_to_string(path) {
         Ok(old) if old == content => return Ok(false),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io("reading", path, e)),
+        Err(e) => return Err(io("reading", path.to_path_buf(), e)),
     }
-    std::fs::create_dir_all(dir).map_err(|e| io("creating directory", dir.to_path_buf(), e))?;
-    // Write beside it and rename, so iproute2 never reads half a file.
-    let tmp = dir.join(format!(".{nft_table}.conf.tmp"));
-    std::fs::write(&tmp, content).map_err(|e| io("writing", tmp.clone(), e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| io("renaming into", path.clone(), e))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| io("creating directory", dir.to_path_buf(), e))?;
+    }
+    std::fs::write(tmp, content).map_err(|e| io("writing", tmp.to_path_buf(), e))?;
+    std::fs::rename(tmp, path).map_err(|e| io("renaming into", path.to_path_buf(), e))?;
     Ok(true)
 }
 
